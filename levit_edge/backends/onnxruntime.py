@@ -1,0 +1,77 @@
+"""ONNX Runtime CPU backend: a session loader and a timed runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from levit_edge.backends.base import Runner
+from levit_edge.errors import UserError
+
+_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def session_options(
+    threads: int | None = None, optimization: str = "all", optimized_path: Path | None = None
+) -> ort.SessionOptions:
+    """Session options: intra-op threads (None = all cores), graph optimization level, optional saved graph."""
+    if optimization not in _LEVELS:
+        raise UserError(f"unknown graph optimization level '{optimization}'; use one of {', '.join(_LEVELS)}")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = _LEVELS[optimization]
+    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
+    if optimized_path is not None:
+        opts.optimized_model_filepath = str(optimized_path)
+    return opts
+
+
+def load_session(
+    model: bytes | Path, threads: int | None = None, optimization: str = "all"
+) -> ort.InferenceSession:
+    """Create a CPU inference session; an unloadable model is a user error naming the file."""
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(
+            source, sess_options=session_options(threads, optimization), providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
+        where = "model" if isinstance(model, bytes) else str(model)
+        first = str(exc).strip().splitlines()[0][:300]
+        raise UserError(f"ONNX Runtime cannot load {where}: {first}") from None
+
+
+class OnnxRuntimeRunner(Runner):
+    """Runs an ONNX model with ONNX Runtime's CPU execution provider."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model: bytes | Path, threads: int | None = None, optimization: str = "all") -> None:
+        super().__init__()
+        self.model = model
+        self.threads = threads
+        self.optimization = optimization
+        self.session: ort.InferenceSession | None = None
+
+    def activate(self) -> None:
+        self.session = load_session(self.model, self.threads, self.optimization)
+        self._input = self.session.get_inputs()[0].name
+        self._output = self.session.get_outputs()[0].name
+
+    def _infer(self, images: np.ndarray) -> np.ndarray:
+        assert self.session is not None
+        (out,) = self.session.run([self._output], {self._input: images})
+        return np.asarray(out, dtype=np.float32)
+
+    def deactivate(self) -> None:
+        self.session = None

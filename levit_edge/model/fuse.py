@@ -1,0 +1,219 @@
+"""Fuse a timm LeViT into static tensors for export.
+
+* BatchNorm is folded by timm's own ``fuse()`` protocol (``reparameterize_model``).
+* Each attention block's relative-position bias is gathered once into a constant buffer, so the exported
+  graph holds no Gather or index arithmetic and ``.to(device/dtype)`` moves the bias with the model.
+* The attention scale is folded into the query projection where the scale is a power of two (exact).
+* The class and distillation heads become one Linear producing the same averaged logits.
+* Every reshape uses -1 for the batch and constants elsewhere, so no Shape/Gather arithmetic is exported.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from timm.models.levit import Attention, AttentionDownsample, Levit
+from timm.utils import reparameterize_model
+from torch import nn
+
+from levit_edge.errors import UserError
+
+
+def _scale_is_exact(scale: float) -> bool:
+    return math.log2(scale).is_integer()
+
+
+def _fold_scale(layer: nn.Module, rows: slice | None, scale: float) -> None:
+    """Multiply the output channels ``rows`` (all if None) of a fused Linear/1x1 Conv by ``scale``."""
+    assert isinstance(layer, nn.Linear | nn.Conv2d) and layer.bias is not None
+    sel = slice(None) if rows is None else rows
+    with torch.no_grad():
+        layer.weight[sel] *= scale
+        layer.bias[sel] *= scale
+
+
+def _split_qkv_rows(num_heads: int, key_dim: int, val_dim: int) -> list[int]:
+    """Row indices of the query channels in timm's interleaved per-head [q, k, v] qkv projection."""
+    per_head = 2 * key_dim + val_dim
+    return [h * per_head + i for h in range(num_heads) for i in range(key_dim)]
+
+
+class StaticAttention(nn.Module):
+    """LeViT self-attention with the bias baked in (token layout B,N,C or conv layout B,C,H,W)."""
+
+    def __init__(self, attn: Attention) -> None:
+        super().__init__()
+        self.use_conv = bool(attn.use_conv)
+        self.num_heads = int(attn.num_heads)
+        self.key_dim = int(attn.key_dim)
+        self.val_dim = int(attn.val_dim)
+        self.val_attn_dim = int(attn.val_attn_dim)
+        self.tokens = int(attn.resolution[0] * attn.resolution[1])
+        self.resolution = tuple(int(r) for r in attn.resolution)
+        self.qkv = attn.qkv
+        self.proj = attn.proj
+        bias = attn.attention_biases.detach()[:, attn.attention_bias_idxs].clone()
+        self.register_buffer("attention_bias", bias.unsqueeze(0))  # (1, heads, N, N)
+        self.scale = float(attn.scale)
+        if _scale_is_exact(self.scale):
+            rows = _split_qkv_rows(self.num_heads, self.key_dim, self.val_dim)
+            with torch.no_grad():
+                self.qkv.weight[rows] *= self.scale
+                self.qkv.bias[rows] *= self.scale
+            self.scale = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, n, kd, vd = self.num_heads, self.tokens, self.key_dim, self.val_dim
+        if self.use_conv:
+            q, k, v = self.qkv(x).reshape(-1, h, 2 * kd + vd, n).split([kd, kd, vd], dim=2)
+            attn = q.transpose(-2, -1) @ k
+        else:
+            q, k, v = self.qkv(x).reshape(-1, n, h, 2 * kd + vd).split([kd, kd, vd], dim=3)
+            q = q.permute(0, 2, 1, 3)
+            v = v.permute(0, 2, 1, 3)
+            attn = q @ k.permute(0, 2, 3, 1)
+        if self.scale != 1.0:
+            attn = attn * self.scale
+        attn = (attn + self.attention_bias).softmax(dim=-1)
+        if self.use_conv:
+            x = (v @ attn.transpose(-2, -1)).reshape(-1, self.val_attn_dim, *self.resolution)
+        else:
+            x = (attn @ v).transpose(1, 2).reshape(-1, n, self.val_attn_dim)
+        return self.proj(x)
+
+
+class StaticAttentionDownsample(nn.Module):
+    """LeViT's shrinking attention (queries from a strided subsample) with the bias baked in."""
+
+    def __init__(self, attn: AttentionDownsample) -> None:
+        super().__init__()
+        self.use_conv = bool(attn.use_conv)
+        self.num_heads = int(attn.num_heads)
+        self.key_dim = int(attn.key_dim)
+        self.val_dim = int(attn.val_dim)
+        self.val_attn_dim = int(attn.val_attn_dim)
+        self.stride = int(attn.stride)
+        self.resolution = tuple(int(r) for r in attn.resolution)
+        self.out_resolution = tuple((r - 1) // self.stride + 1 for r in self.resolution)
+        self.kv = attn.kv
+        self.in_dim = int(attn.kv.weight.shape[1])
+        down = attn.q.down
+        if getattr(down, "pool", None) is not None or (isinstance(down, nn.AvgPool2d) and down.kernel_size != 1):
+            raise UserError("LeViT variants with pooled attention downsampling are not supported")
+        self.q_proj = attn.q.ln
+        self.proj = attn.proj
+        bias = attn.attention_biases.detach()[:, attn.attention_bias_idxs].clone()
+        self.register_buffer("attention_bias", bias.unsqueeze(0))
+        self.scale = float(attn.scale)
+        if _scale_is_exact(self.scale):
+            _fold_scale(self.q_proj, None, self.scale)
+            self.scale = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, kd, vd, s = self.num_heads, self.key_dim, self.val_dim, self.stride
+        (rh, rw), (oh, ow) = self.resolution, self.out_resolution
+        n, nq = rh * rw, oh * ow
+        if self.use_conv:
+            k, v = self.kv(x).reshape(-1, h, kd + vd, n).split([kd, vd], dim=2)
+            q = self.q_proj(x[:, :, ::s, ::s]).reshape(-1, h, kd, nq)
+            attn = q.transpose(-2, -1) @ k
+        else:
+            k, v = self.kv(x).reshape(-1, n, h, kd + vd).split([kd, vd], dim=3)
+            c = self.in_dim  # a constant: reading x.shape would export Shape/Gather arithmetic
+            sub = x.reshape(-1, rh, rw, c)[:, ::s, ::s].reshape(-1, nq, c)
+            q = self.q_proj(sub).reshape(-1, nq, h, kd).permute(0, 2, 1, 3)
+            v = v.permute(0, 2, 1, 3)
+            attn = q @ k.permute(0, 2, 3, 1)
+        if self.scale != 1.0:
+            attn = attn * self.scale
+        attn = (attn + self.attention_bias).softmax(dim=-1)
+        if self.use_conv:
+            x = (v @ attn.transpose(-2, -1)).reshape(-1, self.val_attn_dim, oh, ow)
+        else:
+            x = (attn @ v).transpose(1, 2).reshape(-1, nq, self.val_attn_dim)
+        return self.proj(x)
+
+
+class FusedLevit(nn.Module):
+    """The inference-only LeViT: fused stem and stages, one classifier head, static shapes but batch."""
+
+    def __init__(self, model: Levit) -> None:
+        super().__init__()
+        self.use_conv = bool(model.use_conv)
+        self.global_pool = str(model.global_pool)
+        self.num_classes = int(model.num_classes)
+        self.num_features = int(model.num_features)
+        self.pretrained_cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+        self.default_cfg = self.pretrained_cfg
+        self.stem = model.stem
+        self.stages = model.stages
+        self.head = _merge_heads(model.head, getattr(model, "head_dist", None))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        if not self.use_conv:
+            c, hh, ww = x.shape[1:]
+            x = x.reshape(-1, int(c), int(hh) * int(ww)).transpose(1, 2)
+        x = self.stages(x)
+        if self.global_pool == "avg":
+            x = x.mean(dim=(-2, -1)) if self.use_conv else x.mean(dim=1)
+        return self.head(x)
+
+
+def _merge_heads(head: nn.Module, head_dist: nn.Module | None) -> nn.Module:
+    """One Linear equal to ``(head(x) + head_dist(x)) / 2`` (or the head alone for a plain Levit)."""
+    if head_dist is None or isinstance(head, nn.Identity):
+        return head
+    assert isinstance(head, nn.Linear) and isinstance(head_dist, nn.Linear)
+    merged = nn.Linear(head.in_features, head.out_features)
+    with torch.no_grad():
+        merged.weight.copy_((head.weight + head_dist.weight) / 2)
+        b1 = head.bias if head.bias is not None else torch.zeros(head.out_features)
+        b2 = head_dist.bias if head_dist.bias is not None else torch.zeros(head.out_features)
+        merged.bias.copy_((b1 + b2) / 2)
+    return merged
+
+
+def fuse_levit(model: nn.Module) -> FusedLevit:
+    """Return a new eval-mode, fused copy of a timm LeViT; the input model is left untouched."""
+    if not isinstance(model, Levit):
+        raise UserError(f"fusion needs a timm LeViT, got {type(model).__name__}")
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    # timm's fused modules are created on the CPU in fp32: fuse there, then move back.
+    work = copy.deepcopy(model).float().cpu().eval()
+    work = reparameterize_model(work, inplace=True)
+    for parent in list(work.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, AttentionDownsample):
+                setattr(parent, name, StaticAttentionDownsample(child))
+            elif isinstance(child, Attention):
+                setattr(parent, name, StaticAttention(child))
+    fused = FusedLevit(work).eval()
+    for p in fused.parameters():
+        p.requires_grad_(False)
+    return fused.to(device=device, dtype=dtype)
+
+
+def max_relative_diff(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """Largest absolute difference divided by the reference's value range (the parity measure)."""
+    ref = reference.detach().float()
+    span = float(ref.max() - ref.min()) or 1.0
+    return float((ref - other.detach().float()).abs().max()) / span
+
+
+def check_parity(model: nn.Module, fused: nn.Module, images: torch.Tensor, tol: float = 1e-4) -> float:
+    """Compare logits of the original and fused model; raise if they differ by more than ``tol``."""
+    with torch.no_grad():
+        model.eval()
+        ref = model(images)
+        out = fused(images)
+    diff = max_relative_diff(ref, out)
+    if not diff <= tol:
+        raise RuntimeError(f"fused model differs from the original by {diff:.3g} of the logit range (> {tol})")
+    return diff
+
+
+__all__ = ["FusedLevit", "check_parity", "fuse_levit", "max_relative_diff"]

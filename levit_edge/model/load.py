@@ -1,0 +1,254 @@
+"""Create a timm LeViT by name and load weights from any of the checkpoint layouts users bring."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from levit_edge.errors import UserError
+
+# Wrappers that training scripts put around the weights, in the order timm's own loader prefers them
+# (EMA weights first: they are what a trainer validates and ships).
+_WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
+
+
+def levit_names() -> list[str]:
+    """Every LeViT architecture timm registers (``levit_*`` and ``levit_conv_*``)."""
+    return sorted(timm.list_models("levit_*"))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which LeViT to build and where its weights come from."""
+
+    name: str
+    checkpoint: Path | None = None
+    num_classes: int | None = None
+    img_size: int | None = None
+    pretrained: bool = False
+
+    def __post_init__(self) -> None:
+        names = levit_names()
+        if self.name not in names:
+            raise UserError(f"'{self.name}' is not a timm LeViT; valid names: {', '.join(names)}")
+        if self.checkpoint is not None and self.pretrained:
+            raise UserError("--checkpoint and --pretrained are exclusive: pick one source of weights")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise UserError(f"--num-classes must be at least 1, got {self.num_classes}")
+        if self.img_size is not None and (self.img_size < 32 or self.img_size % 16):
+            raise UserError(f"--img-size must be a multiple of 16 and at least 32, got {self.img_size}")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """An eval-mode LeViT plus what the artifacts must record about where it came from."""
+
+    model: nn.Module
+    spec: ModelSpec
+    checkpoint_sha256: str | None
+    checkpoint_format: str  # "random-init", "timm-pretrained", "state_dict", "training:<key>", ...
+    num_classes: int
+
+
+def create_levit(name: str, num_classes: int = 1000, img_size: int | None = None) -> nn.Module:
+    """Build a randomly initialised timm LeViT; ``img_size`` rebuilds its attention-bias tables.
+
+    The pretrained config's input size follows ``img_size`` so that ``resolve_data_config(model=...)``
+    stays the single source of preprocessing.
+    """
+    kwargs: dict[str, object] = {"num_classes": num_classes}
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+        kwargs["pretrained_cfg_overlay"] = {"input_size": (3, img_size, img_size)}
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """Read a checkpoint file safely and unwrap it to a flat state_dict; returns (state, format)."""
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise UserError(f"checkpoint is not a file: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"checkpoint is empty: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(path), device="cpu")), "safetensors"
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserError(f"cannot read safetensors checkpoint {path}: {exc}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights only load failed" in str(exc).lower() or "unsupported global" in str(exc).lower():
+            raise UserError(
+                f"checkpoint {path} needs arbitrary unpickling (it stores Python objects, not just tensors); "
+                "refused for safety: re-save it as a state_dict or safetensors"
+            ) from None
+        raise UserError(f"cannot read checkpoint {path}: {first}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read checkpoint {path}: {first}") from None
+    return _unwrap(obj, path)
+
+
+def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    fmt = "state_dict"
+    while isinstance(obj, Mapping) and not _is_state_dict(obj):
+        key = next((k for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if key is None:
+            raise UserError(
+                f"checkpoint {path} holds no tensors under any of {', '.join(_WRAPPER_KEYS)}; "
+                f"top-level keys: {', '.join(map(str, list(obj)[:10]))}"
+            )
+        obj = obj[key]
+        fmt = f"training:{key}"
+    if not isinstance(obj, Mapping) or not obj:
+        raise UserError(f"checkpoint {path} does not contain a state_dict")
+    state = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return state, fmt
+
+
+def _is_state_dict(obj: Mapping[object, object]) -> bool:
+    return bool(obj) and all(isinstance(k, str) for k in obj) and any(
+        isinstance(v, torch.Tensor) for v in obj.values()
+    )
+
+
+# ---- facebookresearch/LeViT checkpoints -------------------------------------------------------------
+# Their keys differ from timm's (patch_embed/blocks/c/l vs stem/stages/linear) but the parameter order is
+# the same, so keys are paired in order and each pair is verified by shape and by leaf name.
+_FB_LEAF = {"c": "linear", "l": "linear", "bn": "bn"}
+
+
+def is_facebook_checkpoint(state: Mapping[str, torch.Tensor]) -> bool:
+    """True for the original facebookresearch/LeViT key layout."""
+    return any(k.startswith("patch_embed.") for k in state) and any(k.startswith("blocks.") for k in state)
+
+
+def _leaf(key: str) -> str:
+    parts = key.split(".")
+    if parts[-1] == "attention_biases":
+        return "attention_biases"
+    module = _FB_LEAF.get(parts[-2], parts[-2]) if len(parts) > 1 else ""
+    return f"{module}.{parts[-1]}"
+
+
+def map_facebook_checkpoint(
+    state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Rename a facebookresearch/LeViT state_dict to timm keys, verifying every pair."""
+    src = [(k, v) for k, v in state.items() if "attention_bias_idxs" not in k]
+    dst = [(k, v) for k, v in target.items() if "attention_bias_idxs" not in k]
+    if len(src) != len(dst):
+        raise UserError(
+            f"facebookresearch LeViT checkpoint has {len(src)} tensors, the model expects {len(dst)}: "
+            "wrong --model for this checkpoint?"
+        )
+    out: dict[str, torch.Tensor] = {}
+    for (sk, sv), (dk, dv) in zip(src, dst, strict=True):
+        if sv.ndim == 2 and dv.ndim == 4 and dv.shape[2:] == (1, 1):
+            sv = sv[:, :, None, None]  # linear weight into a levit_conv 1x1 conv
+        if _leaf(sk) != _leaf(dk) or (tuple(sv.shape) != tuple(dv.shape) and not dk.startswith("head")):
+            raise UserError(
+                f"facebookresearch LeViT checkpoint does not match the model: {sk} {list(sv.shape)} "
+                f"cannot map to {dk} {list(dv.shape)}; wrong --model for this checkpoint?"
+            )
+        out[dk] = sv
+    return out
+
+
+# ---- loading ---------------------------------------------------------------------------------------
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Build the model the spec names, load its weights and return it in eval mode."""
+    if spec.pretrained:
+        return _load_pretrained(spec)
+    if spec.checkpoint is None:
+        model = create_levit(spec.name, spec.num_classes or 1000, spec.img_size)
+        return LoadedModel(model.eval(), spec, None, "random-init", spec.num_classes or 1000)
+
+    state, fmt = read_checkpoint(spec.checkpoint)
+    num_classes = spec.num_classes or _infer_num_classes(state) or 1000
+    model = create_levit(spec.name, num_classes, spec.img_size)
+    if is_facebook_checkpoint(state):
+        state = map_facebook_checkpoint(state, model.state_dict())
+        fmt = "facebookresearch"
+    state = {k: v for k, v in state.items() if "attention_bias_idxs" not in k}
+    _check_keys(state, model, spec)
+    model.load_state_dict(state, strict=True)
+    return LoadedModel(model.eval(), spec, sha256_file(spec.checkpoint), fmt, num_classes)
+
+
+def _infer_num_classes(state: Mapping[str, torch.Tensor]) -> int | None:
+    for key in ("head.linear.weight", "head.l.weight"):
+        if key in state and state[key].ndim == 2:
+            return int(state[key].shape[0])
+    return None
+
+
+def _check_keys(state: Mapping[str, torch.Tensor], model: nn.Module, spec: ModelSpec) -> None:
+    expected = {k: v for k, v in model.state_dict().items() if "attention_bias_idxs" not in k}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k} {list(state[k].shape)} vs model {list(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {_few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_few(unexpected)}")
+    if wrong:
+        problems.append(f"wrong shapes ({len(wrong)}): {_few(wrong)}")
+        if any(re.match(r"head(_dist)?\.", w) for w in wrong):
+            problems.append("the classifier size differs: check --num-classes")
+    if problems:
+        raise UserError(f"checkpoint {spec.checkpoint} does not fit {spec.name}: " + "; ".join(problems))
+
+
+def _few(items: list[str], n: int = 4) -> str:
+    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def _load_pretrained(spec: ModelSpec) -> LoadedModel:
+    kwargs: dict[str, object] = {}
+    if spec.num_classes is not None:
+        kwargs["num_classes"] = spec.num_classes
+    if spec.img_size is not None:
+        kwargs["img_size"] = spec.img_size
+        kwargs["pretrained_cfg_overlay"] = {"input_size": (3, spec.img_size, spec.img_size)}
+    try:
+        model = timm.create_model(spec.name, pretrained=True, **kwargs)
+    except Exception as exc:  # the hub raises many types (OSError, HTTP errors, LocalEntryNotFoundError...)
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"could not fetch timm's pretrained weights for {spec.name} (no network or no such weights?): "
+            f"{first}; pass --checkpoint FILE instead"
+        ) from None
+    num_classes = int(getattr(model, "num_classes", spec.num_classes or 1000))
+    return LoadedModel(model.eval(), spec, None, "timm-pretrained", num_classes)
