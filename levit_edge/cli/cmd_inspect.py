@@ -1,0 +1,49 @@
+"""``levit-edge inspect``: what an ONNX/ORT model, manifest or run directory holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from levit_edge.cli.app import app, console
+from levit_edge.cli.common import summary
+from levit_edge.inspect import inspect_path
+
+
+@app.command("inspect")
+def inspect_cli(
+    path: Path = typer.Argument(..., help="model.onnx, model.ort, manifest.json or a run directory"),
+    as_json: bool = typer.Option(False, "--json", help="Print the description as JSON."),
+) -> None:
+    """Show inputs, outputs, op histogram, metadata and Q/DQ count, or a run's deliverables and hashes."""
+    info = inspect_path(path)
+    if as_json:
+        console.print_json(json.dumps(info, default=str))
+    elif info["kind"] == "run":
+        table = Table("file", "size", "sha256", title=f"{info['path']} ({info['status']})")
+        for name, entry in info["files"].items():
+            table.add_row(name, f"{entry['size']:,}", entry["sha256"])
+        console.print(table)
+    else:
+        for key in ("inputs", "outputs"):
+            for io in info[key]:
+                console.print(f"{key[:-1]:6} {io['name']} {io['type']} {io['shape']}", markup=False)
+        if "ops" in info:
+            table = Table("op", "count", title=f"{info['nodes']} nodes, opset {info['opset']}")
+            for op, count in info["ops"].items():
+                table.add_row(op, str(count))
+            console.print(table)
+        for key, value in info["metadata"].items():
+            console.print(f"{key}: {json.dumps(value) if not isinstance(value, str) else value}", markup=False)
+    if info["kind"] == "run":
+        summary(f"run {info['path']}: {len(info['files'])} files, status {info['status']}")
+    elif info["kind"] == "onnx":
+        summary(
+            f"{path}: {info['nodes']} nodes, {info['quantize_linear']} QuantizeLinear / "
+            f"{info['dequantize_linear']} DequantizeLinear, {info['size'] / 1e6:.1f} MB"
+        )
+    else:
+        summary(f"{path}: ONNX Runtime format model, {info['size'] / 1e6:.1f} MB, sha256 {info['sha256'][:16]}")

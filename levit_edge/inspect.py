@@ -1,0 +1,97 @@
+"""Describe an ONNX model, a manifest or a run directory as plain data (the CLI prints it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from levit_edge.errors import UserError
+from levit_edge.export.onnx import load_onnx, op_histogram, read_metadata
+from levit_edge.report.manifest import MANIFEST, read_json
+
+
+def _shape(vi: onnx.ValueInfoProto) -> list[int | str]:
+    dims = vi.type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+
+
+def _elem(vi: onnx.ValueInfoProto) -> str:
+    return onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
+
+
+def describe_onnx(path: Path) -> dict[str, Any]:
+    """Inputs, outputs, opset, op histogram, Q/DQ count and levit-edge metadata of an ONNX file."""
+    model = load_onnx(path)
+    ops = op_histogram(model)
+    meta: dict[str, Any] = {}
+    for key, value in read_metadata(model).items():
+        try:
+            meta[key] = json.loads(value) if value[:1] in "[{" else value
+        except json.JSONDecodeError:
+            meta[key] = value
+    return {
+        "kind": "onnx",
+        "path": str(path),
+        "size": path.stat().st_size,
+        "opset": {op.domain or "ai.onnx": op.version for op in model.opset_import},
+        "inputs": [{"name": i.name, "shape": _shape(i), "type": _elem(i)} for i in model.graph.input],
+        "outputs": [{"name": o.name, "shape": _shape(o), "type": _elem(o)} for o in model.graph.output],
+        "ops": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "nodes": len(model.graph.node),
+        "quantize_linear": ops.get("QuantizeLinear", 0),
+        "dequantize_linear": ops.get("DequantizeLinear", 0),
+        "metadata": meta,
+    }
+
+
+def describe_run(path: Path) -> dict[str, Any]:
+    """The deliverables a manifest lists, with hashes, status and the run's options."""
+    manifest_path = path / MANIFEST if path.is_dir() else path
+    if path.is_dir() and not manifest_path.exists():
+        raise UserError(f"{path} is not a complete run directory (no {MANIFEST})")
+    manifest = read_json(manifest_path)
+    if "files" not in manifest:
+        raise UserError(f"{manifest_path} is not a levit-edge manifest (no 'files')")
+    return {
+        "kind": "run",
+        "path": str(manifest_path.parent),
+        "status": manifest.get("status"),
+        "model": manifest.get("model", {}).get("name"),
+        "files": manifest["files"],
+        "command": manifest.get("command"),
+        "versions": manifest.get("versions"),
+    }
+
+
+def describe_ort_format(path: Path) -> dict[str, Any]:
+    """An ONNX Runtime format (.ort) model: loadable by ONNX Runtime, described through a session."""
+    from levit_edge.backends.onnxruntime import load_session
+    from levit_edge.model.load import sha256_file
+
+    session = load_session(path, threads=1)
+    meta = session.get_modelmeta()
+    return {
+        "kind": "ort-format",
+        "path": str(path),
+        "size": path.stat().st_size,
+        "sha256": sha256_file(path),
+        "inputs": [{"name": i.name, "shape": list(i.shape), "type": i.type} for i in session.get_inputs()],
+        "outputs": [{"name": o.name, "shape": list(o.shape), "type": o.type} for o in session.get_outputs()],
+        "metadata": dict(meta.custom_metadata_map),
+    }
+
+
+def inspect_path(path: Path) -> dict[str, Any]:
+    """Dispatch on what ``path`` is: run directory, manifest, ONNX or ORT-format model."""
+    if not path.exists():
+        raise UserError(f"not found: {path}")
+    if path.is_dir() or path.name == MANIFEST:
+        return describe_run(path)
+    if path.suffix == ".ort":
+        return describe_ort_format(path)
+    if path.suffix == ".json":
+        raise UserError(f"{path} is not a manifest.json; inspect takes an ONNX/.ort model, a manifest or a run directory")
+    return describe_onnx(path)

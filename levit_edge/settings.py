@@ -1,0 +1,158 @@
+"""Typed settings for a whole export run, validated once, and the TOML config file that carries them.
+
+The CLI resolves every option as: flag given on the command line > value in ``--config`` > built-in
+default, then builds these frozen dataclasses. Library code receives only these objects.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from levit_edge.errors import UserError
+
+TARGETS = ("onnx", "ort", "trt", "all")
+CALIB_METHODS = ("minmax", "percentile", "entropy")
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """How INT8 ranges are computed and applied."""
+
+    method: str = "minmax"
+    percentile: float = 99.999
+    calib_size: int | None = 512
+    trt_fp16: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in CALIB_METHODS:
+            raise UserError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got '{self.method}'")
+        if not (math.isfinite(self.percentile) and 50.0 < self.percentile <= 100.0):
+            raise UserError(f"--percentile must be in (50, 100], got {self.percentile}")
+        if self.calib_size is not None and self.calib_size < 1:
+            raise UserError(f"--calib-size must be at least 1, got {self.calib_size}")
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """The accuracy-drop gate."""
+
+    max_drop: float = 1.0  # top-1 points vs FP32 (or agreement points without labels)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.max_drop) and self.max_drop >= 0):
+            raise UserError(f"--max-drop must be a non-negative number of points, got {self.max_drop}")
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Execution knobs shared by calibration, validation and benchmarks."""
+
+    batch_size: int = 32
+    threads: int | None = None  # None: all cores
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Which artifacts a run produces."""
+
+    names: frozenset[str] = field(default_factory=lambda: frozenset({"onnx"}))
+    int8: bool = False
+
+    @classmethod
+    def parse(cls, target: str, int8: bool) -> Targets:
+        if target not in TARGETS:
+            raise UserError(f"--target must be one of {', '.join(TARGETS)}, got '{target}'")
+        names = {"ort", "trt"} if target == "all" else {target}
+        if target == "trt" and not int8:
+            raise UserError("--target trt builds an INT8 TensorRT model: add --int8")
+        return cls(frozenset(names), int8)
+
+    @property
+    def ort_int8(self) -> bool:
+        return self.int8 and ("ort" in self.names)
+
+    @property
+    def trt_int8(self) -> bool:
+        return self.int8 and ("trt" in self.names)
+
+
+# ---- config files ---------------------------------------------------------------------------------
+
+# Keys a config file may carry, with their expected Python types (the same names as the long flags).
+CONFIG_KEYS: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "checkpoint": (str,),
+    "num_classes": (int,),
+    "img_size": (int,),
+    "pretrained": (bool,),
+    "opset": (int,),
+    "batch": (int,),
+    "target": (str,),
+    "int8": (bool,),
+    "calib": (str,),
+    "val": (str,),
+    "data_root": (str,),
+    "calib_size": (int,),
+    "calib_method": (str,),
+    "percentile": (float, int),
+    "skip_bad": (bool,),
+    "exclude": (str,),
+    "max_drop": (float, int),
+    "batch_size": (int,),
+    "threads": (int,),
+    "seed": (int,),
+    "trt_fp16": (bool,),
+    "out": (str,),
+    "name": (str,),
+    "force": (bool,),
+    "workspace_mb": (int,),
+    "max_batch": (int,),
+}
+_PATH_KEYS = ("checkpoint", "calib", "val", "data_root", "exclude", "out")
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """Read a TOML config (top level or an ``[export]`` table); unknown keys and wrong types are errors.
+
+    Relative paths in the file are resolved against the file's own folder, so a reviewed config works
+    from any working directory.
+    """
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {path} is not valid TOML: {exc}") from None
+    table: Mapping[str, Any] = raw.get("export", raw) if isinstance(raw.get("export"), dict) else raw
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        norm = key.replace("-", "_")
+        if norm not in CONFIG_KEYS:
+            raise UserError(f"config file {path}: unknown key '{key}' (valid: {', '.join(sorted(CONFIG_KEYS))})")
+        types = CONFIG_KEYS[norm]
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            names = " or ".join(t.__name__ for t in types)
+            raise UserError(f"config file {path}: '{key}' must be {names}, got {value!r}")
+        if norm in _PATH_KEYS:
+            value = str((path.parent / value).resolve()) if not Path(value).is_absolute() else value
+        out[norm] = value
+    return out
+
+
+def pick(flag: Any, config: Mapping[str, Any], key: str, default: Any) -> Any:
+    """Flag given > config value > default."""
+    if flag is not None:
+        return flag
+    return config.get(key, default)

@@ -1,0 +1,76 @@
+"""Run several backends over the same preprocessed batches and compare each with the reference."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from levit_edge.backends.base import Runner
+from levit_edge.data.preprocess import PreprocessConfig
+from levit_edge.data.sources import ImageSource
+from levit_edge.errors import UserError
+from levit_edge.validate.metrics import Comparison, compare
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Every runner's logits on the same samples, in the same order."""
+
+    logits: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    names: tuple[str, ...]
+    class_names: tuple[str, ...] | None
+    latencies_ms: dict[str, list[float]]
+    batch_size: int
+    skipped: tuple[tuple[str, str], ...] = ()
+
+    def comparisons(self, reference: str) -> dict[str, Comparison]:
+        """Each non-reference artifact compared with ``reference``."""
+        ref = self.logits[reference]
+        return {
+            name: compare(name, reference, ref, out, self.labels, self.class_names)
+            for name, out in self.logits.items()
+            if name != reference
+        }
+
+
+def evaluate(
+    runners: Mapping[str, Runner],
+    source: ImageSource,
+    preprocess: PreprocessConfig,
+    batch_size: int = 32,
+    progress: Progress | None = None,
+) -> Evaluation:
+    """Decode and preprocess each batch once, then run it through every runner."""
+    outputs: dict[str, list[np.ndarray]] = {name: [] for name in runners}
+    labels: list[np.ndarray] = []
+    names: list[str] = []
+    total, done = len(source), 0
+    with contextlib.ExitStack() as stack:
+        active = {name: stack.enter_context(r) for name, r in runners.items()}
+        for batch in source.batches(preprocess, batch_size):
+            for name, runner in active.items():
+                outputs[name].append(runner.infer(batch.images))
+            if batch.labels is not None:
+                labels.append(batch.labels)
+            names.extend(batch.names)
+            done += len(batch.names)
+            if progress:
+                progress(done, total)
+    if done == 0:
+        raise UserError("the validation set yielded no readable images")
+    logits = {name: np.concatenate(chunks) for name, chunks in outputs.items()}
+    return Evaluation(
+        logits=logits,
+        labels=np.concatenate(labels) if source.labelled and labels else None,
+        names=tuple(names),
+        class_names=source.class_names,
+        latencies_ms={name: list(r.latencies_ms) for name, r in runners.items()},
+        batch_size=batch_size,
+        skipped=tuple(source.skipped),
+    )
