@@ -464,12 +464,12 @@ def build_report(
     if job.targets.trt_int8:
         report["engine"] = engine
     if evaluation is not None and val_source is not None:
-        report.update(validation_section(evaluation, val_source, job, gate))
+        report.update(validation_section(evaluation, val_source, job.runtime.threads, gate))
     return report
 
 
 def validation_section(
-    evaluation: Evaluation, source: ImageSource, job: ExportJob, gate: GateResult | None
+    evaluation: Evaluation, source: ImageSource, threads: int | None, gate: GateResult | None
 ) -> dict[str, Any]:
     """Accuracy, drop, agreement, KL, cosine, per-class and confusion changes, latency, gate."""
     comparisons = evaluation.comparisons("fp32")
@@ -495,7 +495,7 @@ def validation_section(
         },
         "confusion_changes": {k: [list(t) for t in c.confusion_changes] for k, c in comparisons.items()},
         "latency": {
-            k: {**latency_summary(v, evaluation.batch_size, job.runtime.threads), "source": "validation batches"}
+            k: {**latency_summary(v, evaluation.batch_size, threads), "source": "validation batches"}
             for k, v in evaluation.latencies_ms.items()
             if v
         },
@@ -549,4 +549,73 @@ def manifest_body(job: ExportJob, report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-__all__ = ["MANIFEST", "ExportJob", "RunResult", "run_export"]
+# ---- re-validating an existing run -------------------------------------------------------------------
+
+
+def preprocess_from_onnx(path: Path) -> tuple[PreprocessConfig, tuple[str, ...] | None, int]:
+    """Preprocessing, class names and class count recorded in a levit-edge ONNX model's metadata."""
+    from levit_edge.export.onnx import load_onnx, metadata_json
+
+    model = load_onnx(path)
+    pre = metadata_json(model, "levit_edge.preprocess")
+    if not isinstance(pre, dict):
+        raise UserError(f"{path}: malformed levit_edge.preprocess metadata")
+    props = {p.key: p.value for p in model.metadata_props}
+    names = json.loads(props["levit_edge.class_names"]) if "levit_edge.class_names" in props else None
+    num_classes = int(props.get("levit_edge.num_classes", "0"))
+    return PreprocessConfig.from_dict(pre), tuple(names) if names else None, num_classes
+
+
+def validate_run(
+    run_dir: Path,
+    val: DataSpec,
+    gate_settings: GateSettings,
+    runtime: RuntimeSettings,
+    hooks: Hooks | None = None,
+) -> RunResult:
+    """Re-check a finished run on a (new) validation set; update its reports and manifest in place."""
+    from levit_edge.report.manifest import read_json
+
+    if not (run_dir / MANIFEST).is_file():
+        raise UserError(f"{run_dir} is not a complete run directory (no {MANIFEST})")
+    if not (run_dir / FP32_FILE).is_file():
+        raise UserError(f"{run_dir} has no {FP32_FILE}")
+    timer = _Timer(hooks)
+    source = open_source(val)
+    preprocess, class_names, num_classes = preprocess_from_onnx(run_dir / FP32_FILE)
+    if source.class_names and num_classes and len(source.class_names) != num_classes:
+        raise UserError(
+            f"--val has {len(source.class_names)} class folders but the model has {num_classes} classes"
+        )
+    if source.class_names and class_names and tuple(source.class_names) != tuple(class_names):
+        raise UserError("--val class folders differ from the class names the model was exported with")
+    runners: dict[str, Runner] = {
+        key: OnnxRuntimeRunner(run_dir / name, runtime.threads)
+        for key, name in ARTIFACT_FILES.items()
+        if key != "int8.plan" and (run_dir / name).is_file()
+    }
+    with timer.stage("validate"):
+        evaluation = evaluate(runners, source, preprocess, runtime.batch_size, timer.progress("validate"))
+    gate = apply_gate(evaluation.comparisons("fp32"), gate_settings)
+    report = read_json(run_dir / "report.json")
+    manifest = read_json(run_dir / MANIFEST)
+    previous = report.get("status")
+    status = FAILED if not gate.passed else (NO_ENGINE if previous == NO_ENGINE else PASSED)
+    for key in ("accuracy", "drop", "agreement", "kl", "cosine", "per_class", "confusion_changes", "latency"):
+        report.pop(key, None)
+    report.update(validation_section(evaluation, source, runtime.threads, gate))
+    report["status"] = status
+    report["thresholds"] = {"max_drop": gate_settings.max_drop}
+    report.setdefault("stages", {})["revalidate"] = timer.seconds["validate"]
+    write_reports(run_dir, report)
+    body = {k: v for k, v in manifest.items() if k not in ("files", "schema_version")}
+    body["status"] = status
+    body["validation_data_hash"] = report["validation"]["data_hash"]
+    write_manifest(run_dir, body)
+    result = RunResult(run_dir, status, report, gate, None)
+    if not gate.passed:
+        raise AccuracyGateFailed(f"accuracy gate failed ({'; '.join(gate.failures)}); report in {run_dir}")
+    return result
+
+
+__all__ = ["MANIFEST", "ExportJob", "RunResult", "run_export", "validate_run"]

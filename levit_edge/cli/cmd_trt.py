@@ -1,0 +1,81 @@
+"""``levit-edge check-trt`` and ``levit-edge build-engine``: the TensorRT side of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from levit_edge.cli.app import app, console
+from levit_edge.cli.common import summary
+from levit_edge.errors import EngineUnavailable, UserError
+
+
+@app.command("check-trt")
+def check_trt_cli(
+    model: Path = typer.Argument(..., help="A Q/DQ ONNX model, e.g. RUN/model.int8.trt.onnx."),
+) -> None:
+    """Check a model offline against TensorRT's explicit-quantization rules; exit 1 on any violation."""
+    from levit_edge.quant.trt_rules import check_trt_ready, count_qdq
+
+    violations = check_trt_ready(model)
+    for v in violations:
+        console.print(f"{v.rule}: {v}", markup=False)
+    if violations:
+        raise UserError(f"{model}: {len(violations)} TensorRT rule violation(s)")
+    q, dq = count_qdq(model)
+    summary(f"{model}: TensorRT-ready ({q} QuantizeLinear, {dq} DequantizeLinear)")
+
+
+@app.command("build-engine")
+def build_engine_cli(
+    model: Path = typer.Argument(..., help="RUN/model.int8.trt.onnx (or any TensorRT-ready ONNX)."),
+    plan: Path | None = typer.Option(None, "--plan", help="Engine file [default: model.int8.plan beside the model]."),
+    timing_cache: Path | None = typer.Option(None, "--timing-cache", help="Timing cache reused across builds [default: timing.cache beside the model]."),
+    min_batch: int = typer.Option(1, "--min-batch", help="Optimization profile: smallest batch."),
+    opt_batch: int = typer.Option(1, "--opt-batch", help="Optimization profile: batch tuned for."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Optimization profile: largest batch."),
+    workspace_mb: int = typer.Option(1024, "--workspace-mb", help="Builder workspace limit in MiB."),
+    version_compatible: bool = typer.Option(False, "--version-compatible", help="Build a version-compatible engine."),
+    hardware_compatibility: str = typer.Option("none", "--hardware-compatibility", help="none | ampere_plus | same_compute_capability"),
+    force: bool = typer.Option(False, "--force", help="Replace an existing engine file."),
+) -> None:
+    """Build a TensorRT engine (strongly typed, explicit quantization) on this GPU host.
+
+    Exit 4 where TensorRT or a GPU is missing, with the equivalent trtexec command to run on the target.
+    """
+    from levit_edge.backends.tensorrt import EngineSettings, build_engine, tensorrt_unavailable_reason, trtexec_command
+    from levit_edge.quant.trt_rules import check_trt_ready
+
+    if not model.is_file():
+        raise UserError(f"model not found: {model}")
+    violations = check_trt_ready(model)
+    if violations:
+        raise UserError(f"{model} is not TensorRT-ready: {violations[0]} (run 'levit-edge check-trt' for all)")
+    plan_path = plan or model.with_name("model.int8.plan")
+    if plan_path.exists() and not force:
+        raise UserError(f"{plan_path} already exists; pass --force to replace it")
+    settings = EngineSettings(
+        onnx_path=model,
+        plan_path=plan_path,
+        timing_cache_path=timing_cache or model.with_name("timing.cache"),
+        min_batch=min_batch,
+        opt_batch=opt_batch,
+        max_batch=max_batch,
+        workspace_mb=workspace_mb,
+        version_compatible=version_compatible,
+        hardware_compatibility=hardware_compatibility,
+    )
+    command = trtexec_command(settings)
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        console.print(f"equivalent command on the target: {command}", markup=False, soft_wrap=True)
+        raise EngineUnavailable(
+            f"{reason}; build on the target GPU (engines are specific to GPU and TensorRT version) with "
+            "'levit-edge build-engine' there or the trtexec command above"
+        )
+    result = build_engine(settings)
+    summary(
+        f"engine {result.plan_path} built in {result.seconds:.1f}s with TensorRT {result.tensorrt_version} "
+        f"on {result.gpu_name}, batch {result.batch_range[0]}-{result.batch_range[2]}"
+    )

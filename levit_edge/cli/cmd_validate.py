@@ -1,0 +1,49 @@
+"""``levit-edge validate`` and ``levit-edge verify``: re-check a finished run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from levit_edge.cli.app import app, console
+from levit_edge.cli.cmd_export import describe_result
+from levit_edge.cli.common import RichHooks, summary
+from levit_edge.data.sources import DataSpec
+from levit_edge.errors import UserError
+from levit_edge.pipeline import validate_run
+from levit_edge.report.manifest import verify_manifest
+from levit_edge.settings import GateSettings, RuntimeSettings
+
+
+@app.command("validate")
+def validate_cli(
+    run_dir: Path = typer.Argument(..., help="A run directory written by 'levit-edge export'."),
+    val: Path = typer.Option(..., "--val", help="Validation images: folder, class folders, list file, .npy/.npz."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Base folder of list-file paths."),
+    exclude: Path | None = typer.Option(None, "--exclude", help="List of image names to leave out."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images (counted in the report)."),
+    max_drop: float = typer.Option(1.0, "--max-drop", help="Largest allowed top-1 drop in points; above it exit 3."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Validation batch size."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
+) -> None:
+    """Re-validate every model of a run on a validation set; updates its reports and manifest (exit 3 on a failed gate)."""
+    spec = DataSpec(val, data_root, None, 0, skip_bad, exclude)
+    with RichHooks() as hooks:
+        result = validate_run(
+            run_dir, spec, GateSettings(max_drop), RuntimeSettings(batch_size=batch_size, threads=threads), hooks
+        )
+    summary(describe_result(result))
+
+
+@app.command("verify")
+def verify_cli(run_dir: Path = typer.Argument(..., help="A run directory with a manifest.json.")) -> None:
+    """Re-hash every file of a run against its manifest; exit 1 on any mismatch."""
+    if not run_dir.is_dir():
+        raise UserError(f"not a run directory: {run_dir}")
+    problems = verify_manifest(run_dir)
+    for line in problems:
+        console.print(f"mismatch: {line}", markup=False)
+    if problems:
+        raise UserError(f"{run_dir}: {len(problems)} file(s) do not match manifest.json")
+    summary(f"{run_dir}: every file matches manifest.json")
