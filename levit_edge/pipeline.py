@@ -213,12 +213,15 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
         trtexec = ""
         if job.targets.trt_int8:
             engine_reason, engine_info, trtexec = _maybe_build_engine(run.dir, job, timer)
+            if not job.targets.trt_engine:
+                engine_reason = None
+                engine_info = {"built": False, "skipped": "--no-engine: build it on the target with build-engine"}
 
         evaluation: Evaluation | None = None
         if val_source is not None:
             with timer.stage("validate"):
                 evaluation = evaluate(
-                    _runners(run.dir, job, engine_reason is None and job.targets.trt_int8),
+                    _runners(run.dir, job, engine_reason is None and job.targets.trt_engine),
                     val_source,
                     preprocess,
                     job.runtime.batch_size,
@@ -328,7 +331,7 @@ def _maybe_build_engine(run_dir: Path, job: ExportJob, timer: _Timer) -> tuple[s
 
     settings = _engine_settings(run_dir, job)
     trtexec = trtexec_command(settings)
-    reason = tensorrt_unavailable_reason()
+    reason = tensorrt_unavailable_reason() if job.targets.trt_engine else "not requested"
     if reason is not None:
         return reason, {"built": False}, trtexec
     with timer.stage("build-engine"):

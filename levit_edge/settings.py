@@ -69,15 +69,16 @@ class Targets:
 
     names: frozenset[str] = field(default_factory=lambda: frozenset({"onnx"}))
     int8: bool = False
+    engine: bool = True  # with trt: also build the engine here (False: the two-step CPU-host pipeline)
 
     @classmethod
-    def parse(cls, target: str, int8: bool) -> Targets:
+    def parse(cls, target: str, int8: bool, engine: bool = True) -> Targets:
         if target not in TARGETS:
             raise UserError(f"--target must be one of {', '.join(TARGETS)}, got '{target}'")
         names = {"ort", "trt"} if target == "all" else {target}
         if target == "trt" and not int8:
             raise UserError("--target trt builds an INT8 TensorRT model: add --int8")
-        return cls(frozenset(names), int8)
+        return cls(frozenset(names), int8, engine)
 
     @property
     def ort_int8(self) -> bool:
@@ -86,6 +87,10 @@ class Targets:
     @property
     def trt_int8(self) -> bool:
         return self.int8 and ("trt" in self.names)
+
+    @property
+    def trt_engine(self) -> bool:
+        return self.trt_int8 and self.engine
 
 
 # ---- config files ---------------------------------------------------------------------------------
@@ -114,6 +119,7 @@ CONFIG_KEYS: dict[str, tuple[type, ...]] = {
     "threads": (int,),
     "seed": (int,),
     "trt_fp16": (bool,),
+    "engine": (bool,),
     "out": (str,),
     "name": (str,),
     "force": (bool,),
