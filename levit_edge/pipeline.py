@@ -284,14 +284,17 @@ def _require_trt_ready(path: Path) -> None:
 def _class_names(
     num_classes: int, val: ImageSource | None, calib: ImageSource | None
 ) -> tuple[str, ...] | None:
-    for source, flag in ((val, "--val"), (calib, "--calib")):
-        if source is not None and source.class_names:
-            if len(source.class_names) != num_classes:
-                raise UserError(
-                    f"{flag} has {len(source.class_names)} class folders but the model has {num_classes} classes; "
-                    "check --num-classes or the folder layout"
-                )
-            return source.class_names
+    """Class names from the labelled validation set (which must match the model), else from a matching
+    labelled calibration set (calibration ignores labels, so a mismatch there is no error)."""
+    if val is not None and val.class_names:
+        if len(val.class_names) != num_classes:
+            raise UserError(
+                f"--val has {len(val.class_names)} class folders but the model has {num_classes} classes; "
+                "check --num-classes or the folder layout"
+            )
+        return val.class_names
+    if calib is not None and calib.class_names and len(calib.class_names) == num_classes:
+        return calib.class_names
     return None
 
 
@@ -619,6 +622,25 @@ def validate_run(
     if not gate.passed:
         raise AccuracyGateFailed(f"accuracy gate failed ({'; '.join(gate.failures)}); report in {run_dir}")
     return result
+
+
+def save_bench(run_dir: Path, rows: list[dict[str, Any]], settings: Any) -> None:
+    """Store benchmark rows in the run's report.json (``bench``) and refresh its reports and manifest."""
+    from levit_edge.report.manifest import read_json
+
+    report = read_json(run_dir / "report.json")
+    manifest = read_json(run_dir / MANIFEST)
+    report["bench"] = {"settings": asdict(settings), "results": rows, "environment": environment()}
+    # The DESIGN contract's latency.<artifact> at batch 1 comes from the benchmark when there is one.
+    latency = report.setdefault("latency", {})
+    for row in rows:
+        if row["batch"] == settings.batches[0] and row["threads"] == settings.threads[0]:
+            latency[row["variant"]] = {
+                k: row[k] for k in ("p50_ms", "p90_ms", "p99_ms", "batch", "threads", "calls")
+            } | {"source": "levit-edge bench"}
+    write_reports(run_dir, report)
+    body = {k: v for k, v in manifest.items() if k not in ("files", "schema_version")}
+    write_manifest(run_dir, body)
 
 
 __all__ = ["MANIFEST", "ExportJob", "RunResult", "run_export", "validate_run"]

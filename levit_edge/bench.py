@@ -1,0 +1,181 @@
+"""Side-by-side latency of every variant of a model, in one process, so their ratios compare.
+
+Variants are timed in interleaved rounds (A B C A B C ...) rather than one after another, so that a
+machine that slows down or speeds up mid-run shifts every variant alike and the ratios stay honest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from levit_edge.backends.base import Runner
+from levit_edge.errors import UserError
+
+RunnerFactory = Callable[[int | None], Runner]  # threads -> runner
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What to time: batch sizes, thread counts, warm-up and repetitions."""
+
+    batches: tuple[int, ...] = (1, 16)
+    threads: tuple[int | None, ...] = (None,)
+    warmup: int = 5
+    rounds: int = 5
+    per_round: int = 10
+    input_size: tuple[int, int, int] = (3, 224, 224)
+
+    def __post_init__(self) -> None:
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise UserError(f"--batches must be positive integers, got {list(self.batches)}")
+        if any(t is not None and t < 1 for t in self.threads):
+            raise UserError(f"--threads must be positive, got {list(self.threads)}")
+        if self.rounds < 1 or self.per_round < 1 or self.warmup < 0:
+            raise UserError("--rounds and --repeat must be at least 1, --warmup at least 0")
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Latency of one variant at one batch size and thread count."""
+
+    variant: str
+    batch: int
+    threads: int | None
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    throughput: float  # images per second at p50
+    calls: int
+    ratios: dict[str, float] = field(default_factory=dict)  # baseline name -> baseline_p50 / this_p50
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def time_variants(
+    factories: Mapping[str, RunnerFactory],
+    settings: BenchSettings,
+    baselines: tuple[str, ...] = ("fp32",),
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> list[BenchResult]:
+    """Time every variant at every (batch, threads) point, interleaved, and attach speed-up ratios."""
+    rng = np.random.default_rng(seed)
+    results: list[BenchResult] = []
+    for threads in settings.threads:
+        runners = {name: make(threads) for name, make in factories.items()}
+        entered: dict[str, Runner] = {}
+        try:
+            for name, runner in runners.items():
+                entered[name] = runner.__enter__()
+            for batch in settings.batches:
+                images = rng.standard_normal((batch, *settings.input_size)).astype(np.float32)
+                if progress:
+                    progress(f"batch {batch}, threads {threads or 'all'}")
+                samples = _interleaved(entered, images, settings)
+                results.extend(_summarize(samples, batch, threads, baselines))
+        finally:
+            for runner in entered.values():
+                runner.__exit__(None, None, None)
+    return results
+
+
+def _interleaved(runners: Mapping[str, Runner], images: np.ndarray, settings: BenchSettings) -> dict[str, list[float]]:
+    for runner in runners.values():
+        for _ in range(settings.warmup):
+            runner.infer(images)
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(settings.rounds):
+        for name, runner in runners.items():
+            for _ in range(settings.per_round):
+                start = time.perf_counter()
+                runner.infer(images)
+                samples[name].append((time.perf_counter() - start) * 1000.0)
+    return samples
+
+
+def _summarize(
+    samples: Mapping[str, list[float]], batch: int, threads: int | None, baselines: tuple[str, ...]
+) -> list[BenchResult]:
+    p50 = {name: float(np.percentile(v, 50)) for name, v in samples.items()}
+    out = []
+    for name, values in samples.items():
+        arr = np.asarray(values)
+        ratios = {b: p50[b] / p50[name] for b in baselines if b in p50 and p50[name] > 0}
+        out.append(
+            BenchResult(
+                variant=name,
+                batch=batch,
+                threads=threads,
+                p50_ms=p50[name],
+                p90_ms=float(np.percentile(arr, 90)),
+                p99_ms=float(np.percentile(arr, 99)),
+                mean_ms=float(arr.mean()),
+                throughput=batch * 1000.0 / p50[name],
+                calls=int(arr.size),
+                ratios=ratios,
+            )
+        )
+    return out
+
+
+def run_dir_factories(run_dir: Path, torch_models: bool = True) -> tuple[dict[str, RunnerFactory], tuple[int, int, int]]:
+    """Runner factories for every artifact of a run directory (and PyTorch eager when its checkpoint is
+    still where the manifest says), plus the model's input size."""
+    from levit_edge.backends.onnxruntime import OnnxRuntimeRunner
+    from levit_edge.pipeline import ARTIFACT_FILES, FP32_FILE, preprocess_from_onnx
+    from levit_edge.report.manifest import MANIFEST, read_json
+
+    if not (run_dir / FP32_FILE).is_file():
+        raise UserError(f"{run_dir} has no {FP32_FILE}: not a levit-edge run directory")
+    preprocess, _, _ = preprocess_from_onnx(run_dir / FP32_FILE)
+    factories: dict[str, RunnerFactory] = {}
+    if torch_models and (run_dir / MANIFEST).is_file():
+        factories.update(_torch_factories(read_json(run_dir / MANIFEST)))
+    for key, name in ARTIFACT_FILES.items():
+        path = run_dir / name
+        if key == "int8.plan" or not path.is_file():
+            continue
+        factories[key] = lambda threads, path=path: OnnxRuntimeRunner(path, threads)
+    plan = run_dir / ARTIFACT_FILES["int8.plan"]
+    if plan.is_file():
+        from levit_edge.backends.tensorrt import TensorRTRunner, tensorrt_unavailable_reason
+
+        if tensorrt_unavailable_reason() is None:
+            factories["int8.plan"] = lambda threads: TensorRTRunner(plan)
+    return factories, preprocess.input_size
+
+
+def _torch_factories(manifest: Mapping[str, Any]) -> dict[str, RunnerFactory]:
+    from levit_edge.backends.torch import TorchRunner
+    from levit_edge.model.fuse import fuse_levit
+    from levit_edge.model.load import ModelSpec, load_model
+
+    opts = manifest.get("options", {}).get("model", {})
+    checkpoint = opts.get("checkpoint")
+    if checkpoint and not Path(checkpoint).is_file():
+        return {}
+    spec = ModelSpec(
+        name=opts["name"],
+        checkpoint=Path(checkpoint) if checkpoint else None,
+        num_classes=opts.get("num_classes") or manifest.get("model", {}).get("classes"),
+        img_size=opts.get("img_size"),
+    )
+    loaded = load_model(spec)
+    fused = fuse_levit(loaded.model)
+    return {
+        "torch": lambda threads: TorchRunner(loaded.model, threads),
+        "torch.fused": lambda threads: TorchRunner(fused, threads),
+    }
+
+
+def results_table(results: list[BenchResult]) -> list[dict[str, Any]]:
+    """Plain rows for report.json."""
+    return [r.to_dict() for r in results]
