@@ -87,7 +87,9 @@ def time_variants(
     return results
 
 
-def _interleaved(runners: Mapping[str, Runner], images: np.ndarray, settings: BenchSettings) -> dict[str, list[float]]:
+def _interleaved(
+    runners: Mapping[str, Runner], images: np.ndarray, settings: BenchSettings
+) -> dict[str, list[float]]:
     for runner in runners.values():
         for _ in range(settings.warmup):
             runner.infer(images)
@@ -126,10 +128,11 @@ def _summarize(
     return out
 
 
-def run_dir_factories(run_dir: Path, torch_models: bool = True) -> tuple[dict[str, RunnerFactory], tuple[int, int, int]]:
+def run_dir_factories(
+    run_dir: Path, torch_models: bool = True
+) -> tuple[dict[str, RunnerFactory], tuple[int, int, int]]:
     """Runner factories for every artifact of a run directory (and PyTorch eager when its checkpoint is
     still where the manifest says), plus the model's input size."""
-    from levit_edge.backends.onnxruntime import OnnxRuntimeRunner
     from levit_edge.pipeline import ARTIFACT_FILES, FP32_FILE, preprocess_from_onnx
     from levit_edge.report.manifest import MANIFEST, read_json
 
@@ -143,7 +146,7 @@ def run_dir_factories(run_dir: Path, torch_models: bool = True) -> tuple[dict[st
         path = run_dir / name
         if key == "int8.plan" or not path.is_file():
             continue
-        factories[key] = lambda threads, path=path: OnnxRuntimeRunner(path, threads)
+        factories[key] = _ort_factory(path)
     plan = run_dir / ARTIFACT_FILES["int8.plan"]
     if plan.is_file():
         from levit_edge.backends.tensorrt import TensorRTRunner, tensorrt_unavailable_reason
@@ -151,6 +154,12 @@ def run_dir_factories(run_dir: Path, torch_models: bool = True) -> tuple[dict[st
         if tensorrt_unavailable_reason() is None:
             factories["int8.plan"] = lambda threads: TensorRTRunner(plan)
     return factories, preprocess.input_size
+
+
+def _ort_factory(path: Path) -> RunnerFactory:
+    from levit_edge.backends.onnxruntime import OnnxRuntimeRunner
+
+    return lambda threads: OnnxRuntimeRunner(path, threads)
 
 
 def _torch_factories(manifest: Mapping[str, Any]) -> dict[str, RunnerFactory]:

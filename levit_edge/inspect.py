@@ -93,5 +93,7 @@ def inspect_path(path: Path) -> dict[str, Any]:
     if path.suffix == ".ort":
         return describe_ort_format(path)
     if path.suffix == ".json":
-        raise UserError(f"{path} is not a manifest.json; inspect takes an ONNX/.ort model, a manifest or a run directory")
+        raise UserError(
+            f"{path} is not a manifest.json; inspect takes an ONNX/.ort model, a manifest or a run directory"
+        )
     return describe_onnx(path)

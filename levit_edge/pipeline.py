@@ -24,7 +24,13 @@ from levit_edge.backends.onnxruntime import OnnxRuntimeRunner
 from levit_edge.data.preprocess import PreprocessConfig
 from levit_edge.data.sources import DataSpec, ImageSource, open_source
 from levit_edge.errors import AccuracyGateFailed, EngineUnavailable, UserError
-from levit_edge.export.onnx import ExportSettings, check_graph, export_onnx, package_versions, verify_with_onnxruntime
+from levit_edge.export.onnx import (
+    ExportSettings,
+    check_graph,
+    export_onnx,
+    package_versions,
+    verify_with_onnxruntime,
+)
 from levit_edge.model.fuse import check_parity, fuse_levit
 from levit_edge.model.load import LoadedModel, ModelSpec, load_model
 from levit_edge.quant.calibrate import CALIBRATION_FILE, Calibration, calibrate, describe
@@ -131,7 +137,9 @@ class _Timer:
         return lambda done, total: hooks.progress(task, done, total)
 
 
-def model_metadata(loaded: LoadedModel, preprocess: PreprocessConfig, class_names: tuple[str, ...] | None) -> dict[str, str]:
+def model_metadata(
+    loaded: LoadedModel, preprocess: PreprocessConfig, class_names: tuple[str, ...] | None
+) -> dict[str, str]:
     """The ONNX ``metadata_props`` that make the model file self-describing."""
     versions = package_versions()
     props = {
@@ -215,7 +223,10 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
             engine_reason, engine_info, trtexec = _maybe_build_engine(run.dir, job, timer)
             if not job.targets.trt_engine:
                 engine_reason = None
-                engine_info = {"built": False, "skipped": "--no-engine: build it on the target with build-engine"}
+                engine_info = {
+                    "built": False,
+                    "skipped": "--no-engine: build it on the target with build-engine",
+                }
 
         evaluation: Evaluation | None = None
         if val_source is not None:
@@ -329,7 +340,9 @@ def _engine_settings(run_dir: Path, job: ExportJob) -> Any:
     )
 
 
-def _maybe_build_engine(run_dir: Path, job: ExportJob, timer: _Timer) -> tuple[str | None, dict[str, Any], str]:
+def _maybe_build_engine(
+    run_dir: Path, job: ExportJob, timer: _Timer
+) -> tuple[str | None, dict[str, Any], str]:
     from levit_edge.backends.tensorrt import build_engine, tensorrt_unavailable_reason, trtexec_command
 
     settings = _engine_settings(run_dir, job)
@@ -496,7 +509,10 @@ def validation_section(
         "kl": {k: c.kl for k, c in comparisons.items()},
         "cosine": {k: c.cosine for k, c in comparisons.items()},
         "per_class": {
-            k: [{"class": p.name, "n": p.n, "fp32": p.reference, "int8": p.candidate, "delta": p.delta} for p in c.per_class]
+            k: [
+                {"class": p.name, "n": p.n, "fp32": p.reference, "int8": p.candidate, "delta": p.delta}
+                for p in c.per_class
+            ]
             for k, c in comparisons.items()
         },
         "confusion_changes": {k: [list(t) for t in c.confusion_changes] for k, c in comparisons.items()},

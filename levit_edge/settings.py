@@ -146,13 +146,15 @@ def load_config(path: Path) -> dict[str, Any]:
     for key, value in table.items():
         norm = key.replace("-", "_")
         if norm not in CONFIG_KEYS:
-            raise UserError(f"config file {path}: unknown key '{key}' (valid: {', '.join(sorted(CONFIG_KEYS))})")
+            raise UserError(
+                f"config file {path}: unknown key '{key}' (valid: {', '.join(sorted(CONFIG_KEYS))})"
+            )
         types = CONFIG_KEYS[norm]
-        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             names = " or ".join(t.__name__ for t in types)
             raise UserError(f"config file {path}: '{key}' must be {names}, got {value!r}")
-        if norm in _PATH_KEYS:
-            value = str((path.parent / value).resolve()) if not Path(value).is_absolute() else value
+        if norm in _PATH_KEYS and not Path(str(value)).is_absolute():
+            value = str((path.parent / str(value)).resolve())
         out[norm] = value
     return out
 

@@ -31,7 +31,7 @@ class Runner(ABC):
     def _infer(self, images: np.ndarray) -> np.ndarray:
         """Run one batch (N,3,H,W float32) and return logits (N,C float32)."""
 
-    def deactivate(self) -> None:
+    def deactivate(self) -> None:  # noqa: B027  (optional hook: most runners hold nothing to release)
         """Release what ``activate`` acquired."""
 
     def infer(self, images: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ _LEVELS = {
 def session_options(
     threads: int | None = None, optimization: str = "all", optimized_path: Path | None = None
 ) -> ort.SessionOptions:
-    """Session options: intra-op threads (None = all cores), graph optimization level, optional saved graph."""
+    """Session options: intra-op threads (None = all cores), optimization level, optional saved graph."""
     if optimization not in _LEVELS:
         raise UserError(f"unknown graph optimization level '{optimization}'; use one of {', '.join(_LEVELS)}")
     opts = ort.SessionOptions()

@@ -17,7 +17,8 @@ from levit_edge.errors import AccuracyGateFailed, EngineUnavailable, UserError
 
 app = typer.Typer(
     name="levit-edge",
-    help="Take a timm LeViT to edge devices: fused FP32 ONNX, INT8 for ONNX Runtime and TensorRT, accuracy-gated.",
+    help="Take a timm LeViT to edge devices: fused FP32 ONNX, INT8 for ONNX Runtime and TensorRT, "
+    "accuracy-gated.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         show()
         sys.exit(int(getattr(exc, "exit_code", 2)))
-    sys.exit(0)
+    # standalone_mode=False makes Click return (not raise) the code of a typer.Exit inside a command.
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 def _register_commands() -> None:

@@ -31,12 +31,18 @@ def _ints(text: str, what: str, allow_all: bool = False) -> tuple[int | None, ..
 def bench_cli(
     run_dir: Path = typer.Argument(..., help="A run directory written by 'levit-edge export'."),
     batches: str = typer.Option("1,16", "--batches", help="Comma-separated batch sizes."),
-    threads: str = typer.Option("all", "--threads", help="Comma-separated thread counts ('all' = every core)."),
+    threads: str = typer.Option(
+        "all", "--threads", help="Comma-separated thread counts ('all' = every core)."
+    ),
     rounds: int = typer.Option(5, "--rounds", help="Interleaved rounds over all variants."),
     repeat: int = typer.Option(10, "--repeat", help="Timed calls per variant per round."),
     warmup: int = typer.Option(5, "--warmup", help="Untimed calls per variant first."),
-    torch_models: bool = typer.Option(True, "--torch/--no-torch", help="Include PyTorch eager (original and fused)."),
-    save: bool = typer.Option(True, "--save/--no-save", help="Store the results in report.json (and re-hash)."),
+    torch_models: bool = typer.Option(
+        True, "--torch/--no-torch", help="Include PyTorch eager (original and fused)."
+    ),
+    save: bool = typer.Option(
+        True, "--save/--no-save", help="Store the results in report.json (and re-hash)."
+    ),
 ) -> None:
     """Time PyTorch eager, ONNX Runtime FP32/INT8 and the TensorRT Q/DQ model (and engine) in one process."""
     batch_values = tuple(b for b in _ints(batches, "--batches") if b is not None)
@@ -53,7 +59,16 @@ def bench_cli(
     results = time_variants(
         factories, settings, baselines, progress=lambda m: err_console.print(f"[dim]timing {m}[/dim]")
     )
-    table = Table("variant", "batch", "threads", "p50 ms", "p90 ms", "p99 ms", "img/s", *(f"x vs {b}" for b in baselines))
+    table = Table(
+        "variant",
+        "batch",
+        "threads",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "img/s",
+        *(f"x vs {b}" for b in baselines),
+    )
     for r in results:
         table.add_row(
             r.variant,
@@ -70,7 +85,9 @@ def bench_cli(
         from levit_edge.pipeline import save_bench
 
         save_bench(run_dir, results_table(results), settings)
-    best = {r.variant: r for r in results if r.batch == settings.batches[0] and r.threads == settings.threads[0]}
+    best = {
+        r.variant: r for r in results if r.batch == settings.batches[0] and r.threads == settings.threads[0]
+    }
     if "int8.ort" in best and "fp32" in best:
         summary(
             f"batch {settings.batches[0]}: int8.ort {best['int8.ort'].p50_ms:.2f} ms vs fp32 "

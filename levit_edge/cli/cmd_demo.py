@@ -39,7 +39,9 @@ def demo_cli(
 
     from levit_edge.fixture import ensure_fixture
 
-    err_console.print("preparing the demo fixture (generated once, then cached; about 1-2 minutes)", highlight=False)
+    err_console.print(
+        "preparing the demo fixture (generated once, then cached; about 1-2 minutes)", highlight=False
+    )
     data, fixture, checkpoint = ensure_fixture(
         cache or default_cache(), progress=lambda msg: err_console.print(f"[dim]{msg}[/dim]", highlight=False)
     )

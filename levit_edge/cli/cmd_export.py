@@ -23,37 +23,103 @@ _OUT = "Output"
 
 @app.command("export")
 def export_cli(
-    model: str | None = typer.Option(None, "--model", "-m", help="timm LeViT name, e.g. levit_128s [default: levit_128s]"),
-    checkpoint: Path | None = typer.Option(
-        None, "--checkpoint", "-c", help="Weights: timm/training state_dict, safetensors or facebookresearch LeViT."
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="timm LeViT name, e.g. levit_128s [default: levit_128s]"
     ),
-    num_classes: int | None = typer.Option(None, "--num-classes", help="Classifier size (default: from the checkpoint)."),
-    img_size: int | None = typer.Option(None, "--img-size", help="Input resolution the model was trained at [default: 224]."),
-    pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained", help="Load timm's hub weights (needs network)."),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        "-c",
+        help="Weights: timm/training state_dict, safetensors or facebookresearch LeViT.",
+    ),
+    num_classes: int | None = typer.Option(
+        None, "--num-classes", help="Classifier size (default: from the checkpoint)."
+    ),
+    img_size: int | None = typer.Option(
+        None, "--img-size", help="Input resolution the model was trained at [default: 224]."
+    ),
+    pretrained: bool | None = typer.Option(
+        None, "--pretrained/--no-pretrained", help="Load timm's hub weights (needs network)."
+    ),
     target: str | None = typer.Option(None, "--target", "-t", help="onnx | ort | trt | all [default: onnx]"),
     int8: bool | None = typer.Option(None, "--int8/--no-int8", help="Quantize to INT8 (needs --calib)."),
     opset: int | None = typer.Option(None, "--opset", help=f"ONNX opset (13-21) [default: {DEFAULT_OPSET}]"),
     batch: int | None = typer.Option(None, "--batch", help="Fixed batch size (default: dynamic batch)."),
-    calib: Path | None = typer.Option(None, "--calib", help="Calibration images: folder, list file, .npy/.npz.", rich_help_panel=_DATA),
-    val: Path | None = typer.Option(None, "--val", help="Validation images (class folders give top-1/top-5).", rich_help_panel=_DATA),
-    data_root: Path | None = typer.Option(None, "--data-root", help="Base folder of list-file paths.", rich_help_panel=_DATA),
-    calib_size: int | None = typer.Option(None, "--calib-size", help="Seeded subset of calibration images [default: 512].", rich_help_panel=_DATA),
-    exclude: Path | None = typer.Option(None, "--exclude", help="List of image names to leave out of validation.", rich_help_panel=_DATA),
-    skip_bad: bool | None = typer.Option(None, "--skip-bad/--no-skip-bad", help="Skip unreadable images (counted in the report).", rich_help_panel=_DATA),
-    calib_method: str | None = typer.Option(None, "--calib-method", help="minmax | percentile | entropy [default: minmax]", rich_help_panel=_QUANT),
-    percentile: float | None = typer.Option(None, "--percentile", help="Percentile for --calib-method percentile [default: 99.999].", rich_help_panel=_QUANT),
-    max_drop: float | None = typer.Option(None, "--max-drop", help="Largest allowed top-1 drop in points; above it exit 3 [default: 1.0].", rich_help_panel=_QUANT),
-    trt_fp16: bool | None = typer.Option(None, "--trt-fp16/--no-trt-fp16", help="TensorRT model: float regions in FP16.", rich_help_panel=_QUANT),
-    engine: bool | None = typer.Option(None, "--engine/--no-engine", help="With trt: build the engine here too [default: engine]; --no-engine stops at the TensorRT-ready ONNX (build on the target).", rich_help_panel=_QUANT),
-    workspace_mb: int | None = typer.Option(None, "--workspace-mb", help="TensorRT builder workspace [default: 1024].", rich_help_panel=_QUANT),
-    max_batch: int | None = typer.Option(None, "--max-batch", help="TensorRT profile's largest batch [default: 8].", rich_help_panel=_QUANT),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size for calibration and validation [default: 32]."),
+    calib: Path | None = typer.Option(
+        None, "--calib", help="Calibration images: folder, list file, .npy/.npz.", rich_help_panel=_DATA
+    ),
+    val: Path | None = typer.Option(
+        None, "--val", help="Validation images (class folders give top-1/top-5).", rich_help_panel=_DATA
+    ),
+    data_root: Path | None = typer.Option(
+        None, "--data-root", help="Base folder of list-file paths.", rich_help_panel=_DATA
+    ),
+    calib_size: int | None = typer.Option(
+        None,
+        "--calib-size",
+        help="Seeded subset of calibration images [default: 512].",
+        rich_help_panel=_DATA,
+    ),
+    exclude: Path | None = typer.Option(
+        None, "--exclude", help="List of image names to leave out of validation.", rich_help_panel=_DATA
+    ),
+    skip_bad: bool | None = typer.Option(
+        None,
+        "--skip-bad/--no-skip-bad",
+        help="Skip unreadable images (counted in the report).",
+        rich_help_panel=_DATA,
+    ),
+    calib_method: str | None = typer.Option(
+        None, "--calib-method", help="minmax | percentile | entropy [default: minmax]", rich_help_panel=_QUANT
+    ),
+    percentile: float | None = typer.Option(
+        None,
+        "--percentile",
+        help="Percentile for --calib-method percentile [default: 99.999].",
+        rich_help_panel=_QUANT,
+    ),
+    max_drop: float | None = typer.Option(
+        None,
+        "--max-drop",
+        help="Largest allowed top-1 drop in points; above it exit 3 [default: 1.0].",
+        rich_help_panel=_QUANT,
+    ),
+    trt_fp16: bool | None = typer.Option(
+        None,
+        "--trt-fp16/--no-trt-fp16",
+        help="TensorRT model: float regions in FP16.",
+        rich_help_panel=_QUANT,
+    ),
+    engine: bool | None = typer.Option(
+        None,
+        "--engine/--no-engine",
+        help="With trt: also build the engine here [default: engine]; --no-engine stops at the "
+        "TensorRT-ready ONNX (build it on the target).",
+        rich_help_panel=_QUANT,
+    ),
+    workspace_mb: int | None = typer.Option(
+        None, "--workspace-mb", help="TensorRT builder workspace [default: 1024].", rich_help_panel=_QUANT
+    ),
+    max_batch: int | None = typer.Option(
+        None, "--max-batch", help="TensorRT profile's largest batch [default: 8].", rich_help_panel=_QUANT
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Batch size for calibration and validation [default: 32]."
+    ),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed for subsets and parity inputs [default: 0]."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output root [default: artifacts].", rich_help_panel=_OUT),
-    name: str | None = typer.Option(None, "--name", help="Run directory name [default: MODEL-TIMESTAMP].", rich_help_panel=_OUT),
-    force: bool | None = typer.Option(None, "--force/--no-force", help="Replace an existing run directory.", rich_help_panel=_OUT),
-    config: Path | None = typer.Option(None, "--config", help="TOML file with the same options (flags override)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Output root [default: artifacts].", rich_help_panel=_OUT
+    ),
+    name: str | None = typer.Option(
+        None, "--name", help="Run directory name [default: MODEL-TIMESTAMP].", rich_help_panel=_OUT
+    ),
+    force: bool | None = typer.Option(
+        None, "--force/--no-force", help="Replace an existing run directory.", rich_help_panel=_OUT
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="TOML file with the same options (flags override)."
+    ),
 ) -> None:
     """Export a LeViT to fused FP32 ONNX and, with --int8, to INT8 ONNX Runtime / TensorRT models.
 
@@ -62,7 +128,7 @@ def export_cli(
     """
     cfg: dict[str, Any] = load_config(config) if config else {}
     p = lambda flag, key, default: pick(flag, cfg, key, default)  # noqa: E731
-    path = lambda flag, key: (Path(v) if (v := pick(flag, cfg, key, None)) is not None else None)  # noqa: E731
+    path = lambda flag, key: Path(v) if (v := pick(flag, cfg, key, None)) is not None else None  # noqa: E731
     data_root_path = path(data_root, "data_root")
     seed_value = p(seed, "seed", 0)
     skip = p(skip_bad, "skip_bad", False)
@@ -83,14 +149,20 @@ def export_cli(
         ),
         export=ExportSettings(opset=p(opset, "opset", DEFAULT_OPSET), batch=p(batch, "batch", None)),
         targets=Targets.parse(p(target, "target", "onnx"), p(int8, "int8", False), p(engine, "engine", True)),
-        calib=DataSpec(calib_path, data_root_path, quant.calib_size, seed_value, skip) if calib_path else None,
-        val=DataSpec(val_path, data_root_path, None, seed_value, skip, path(exclude, "exclude")) if val_path else None,
+        calib=DataSpec(calib_path, data_root_path, quant.calib_size, seed_value, skip)
+        if calib_path
+        else None,
+        val=DataSpec(val_path, data_root_path, None, seed_value, skip, path(exclude, "exclude"))
+        if val_path
+        else None,
         quant=quant,
         gate=GateSettings(max_drop=float(p(max_drop, "max_drop", 1.0))),
         runtime=RuntimeSettings(
             batch_size=p(batch_size, "batch_size", 32), threads=p(threads, "threads", None), seed=seed_value
         ),
-        engine=EngineOptions(workspace_mb=p(workspace_mb, "workspace_mb", 1024), max_batch=p(max_batch, "max_batch", 8)),
+        engine=EngineOptions(
+            workspace_mb=p(workspace_mb, "workspace_mb", 1024), max_batch=p(max_batch, "max_batch", 8)
+        ),
         out=path(out, "out") or Path("artifacts"),
         name=p(name, "name", None),
         force=p(force, "force", False),
@@ -108,7 +180,9 @@ def describe_result(result: RunResult) -> str:
     acc = rep.get("accuracy", {})
     for key, value in acc.items():
         drop = rep.get("drop", {}).get(key)
-        parts.append(f"{key} top-1 {value['top1']:.2f}%" + (f" (drop {drop:+.2f})" if drop is not None else "") + ",")
+        parts.append(
+            f"{key} top-1 {value['top1']:.2f}%" + (f" (drop {drop:+.2f})" if drop is not None else "") + ","
+        )
     if not acc and rep.get("agreement"):
         parts.extend(f"{k} agreement {v:.2f}%," for k, v in rep["agreement"].items())
     if result.status == "unvalidated":

@@ -37,7 +37,9 @@ def inspect_cli(
                 table.add_row(op, str(count))
             console.print(table)
         for key, value in info["metadata"].items():
-            console.print(f"{key}: {json.dumps(value) if not isinstance(value, str) else value}", markup=False)
+            console.print(
+                f"{key}: {json.dumps(value) if not isinstance(value, str) else value}", markup=False
+            )
     if info["kind"] == "run":
         summary(f"run {info['path']}: {len(info['files'])} files, status {info['status']}")
     elif info["kind"] == "onnx":
@@ -46,4 +48,6 @@ def inspect_cli(
             f"{info['dequantize_linear']} DequantizeLinear, {info['size'] / 1e6:.1f} MB"
         )
     else:
-        summary(f"{path}: ONNX Runtime format model, {info['size'] / 1e6:.1f} MB, sha256 {info['sha256'][:16]}")
+        summary(
+            f"{path}: ONNX Runtime format model, {info['size'] / 1e6:.1f} MB, sha256 {info['sha256'][:16]}"
+        )

@@ -30,28 +30,45 @@ def check_trt_cli(
 @app.command("build-engine")
 def build_engine_cli(
     model: Path = typer.Argument(..., help="RUN/model.int8.trt.onnx (or any TensorRT-ready ONNX)."),
-    plan: Path | None = typer.Option(None, "--plan", help="Engine file [default: model.int8.plan beside the model]."),
-    timing_cache: Path | None = typer.Option(None, "--timing-cache", help="Timing cache reused across builds [default: timing.cache beside the model]."),
+    plan: Path | None = typer.Option(
+        None, "--plan", help="Engine file [default: model.int8.plan beside the model]."
+    ),
+    timing_cache: Path | None = typer.Option(
+        None,
+        "--timing-cache",
+        help="Timing cache reused across builds [default: timing.cache beside the model].",
+    ),
     min_batch: int = typer.Option(1, "--min-batch", help="Optimization profile: smallest batch."),
     opt_batch: int = typer.Option(1, "--opt-batch", help="Optimization profile: batch tuned for."),
     max_batch: int = typer.Option(8, "--max-batch", help="Optimization profile: largest batch."),
     workspace_mb: int = typer.Option(1024, "--workspace-mb", help="Builder workspace limit in MiB."),
-    version_compatible: bool = typer.Option(False, "--version-compatible", help="Build a version-compatible engine."),
-    hardware_compatibility: str = typer.Option("none", "--hardware-compatibility", help="none | ampere_plus | same_compute_capability"),
+    version_compatible: bool = typer.Option(
+        False, "--version-compatible", help="Build a version-compatible engine."
+    ),
+    hardware_compatibility: str = typer.Option(
+        "none", "--hardware-compatibility", help="none | ampere_plus | same_compute_capability"
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing engine file."),
 ) -> None:
     """Build a TensorRT engine (strongly typed, explicit quantization) on this GPU host.
 
     Exit 4 where TensorRT or a GPU is missing, with the equivalent trtexec command to run on the target.
     """
-    from levit_edge.backends.tensorrt import EngineSettings, build_engine, tensorrt_unavailable_reason, trtexec_command
+    from levit_edge.backends.tensorrt import (
+        EngineSettings,
+        build_engine,
+        tensorrt_unavailable_reason,
+        trtexec_command,
+    )
     from levit_edge.quant.trt_rules import check_trt_ready
 
     if not model.is_file():
         raise UserError(f"model not found: {model}")
     violations = check_trt_ready(model)
     if violations:
-        raise UserError(f"{model} is not TensorRT-ready: {violations[0]} (run 'levit-edge check-trt' for all)")
+        raise UserError(
+            f"{model} is not TensorRT-ready: {violations[0]} (run 'levit-edge check-trt' for all)"
+        )
     plan_path = plan or model.with_name("model.int8.plan")
     if plan_path.exists() and not force:
         raise UserError(f"{plan_path} already exists; pass --force to replace it")

@@ -19,19 +19,32 @@ from levit_edge.settings import GateSettings, RuntimeSettings
 @app.command("validate")
 def validate_cli(
     run_dir: Path = typer.Argument(..., help="A run directory written by 'levit-edge export'."),
-    val: Path = typer.Option(..., "--val", help="Validation images: folder, class folders, list file, .npy/.npz."),
+    val: Path = typer.Option(
+        ..., "--val", help="Validation images: folder, class folders, list file, .npy/.npz."
+    ),
     data_root: Path | None = typer.Option(None, "--data-root", help="Base folder of list-file paths."),
     exclude: Path | None = typer.Option(None, "--exclude", help="List of image names to leave out."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images (counted in the report)."),
-    max_drop: float = typer.Option(1.0, "--max-drop", help="Largest allowed top-1 drop in points; above it exit 3."),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad", help="Skip unreadable images (counted in the report)."
+    ),
+    max_drop: float = typer.Option(
+        1.0, "--max-drop", help="Largest allowed top-1 drop in points; above it exit 3."
+    ),
     batch_size: int = typer.Option(32, "--batch-size", help="Validation batch size."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
 ) -> None:
-    """Re-validate every model of a run on a validation set; updates its reports and manifest (exit 3 on a failed gate)."""
+    """Re-validate every model of a run on a validation set; update its reports and manifest.
+
+    Exit 3 when the accuracy gate fails.
+    """
     spec = DataSpec(val, data_root, None, 0, skip_bad, exclude)
     with RichHooks() as hooks:
         result = validate_run(
-            run_dir, spec, GateSettings(max_drop), RuntimeSettings(batch_size=batch_size, threads=threads), hooks
+            run_dir,
+            spec,
+            GateSettings(max_drop),
+            RuntimeSettings(batch_size=batch_size, threads=threads),
+            hooks,
         )
     summary(describe_result(result))
 

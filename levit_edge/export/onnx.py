@@ -72,7 +72,7 @@ def export_onnx(
         torch.onnx.export(
             fused,
             (dummy,),
-            buf,
+            buf,  # type: ignore[arg-type]  # the TorchScript exporter writes to any binary file object
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             dynamic_axes=dynamic_axes,
@@ -114,7 +114,9 @@ def _inline_identity_initializers(model: onnx.ModelProto) -> None:
 
 def op_histogram(model: onnx.ModelProto) -> Counter[str]:
     """Count of each op type in the main graph (domain-qualified when not the default domain)."""
-    return Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in model.graph.node)
+    return Counter(
+        n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in model.graph.node
+    )
 
 
 def check_graph(model: onnx.ModelProto) -> None:
@@ -151,7 +153,9 @@ def verify_with_onnxruntime(
         out = runner.infer(images)
     diff = max_relative_diff(ref, torch.from_numpy(out))
     if not diff <= tol:
-        raise RuntimeError(f"ONNX Runtime output differs from PyTorch by {diff:.3g} of the logit range (> {tol})")
+        raise RuntimeError(
+            f"ONNX Runtime output differs from PyTorch by {diff:.3g} of the logit range (> {tol})"
+        )
     return diff
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import torch
 from timm.models.levit import Attention, AttentionDownsample, Levit
@@ -25,10 +26,10 @@ def _scale_is_exact(scale: float) -> bool:
     return math.log2(scale).is_integer()
 
 
-def _fold_scale(layer: nn.Module, rows: slice | None, scale: float) -> None:
+def _fold_scale(layer: nn.Module, rows: list[int] | None, scale: float) -> None:
     """Multiply the output channels ``rows`` (all if None) of a fused Linear/1x1 Conv by ``scale``."""
     assert isinstance(layer, nn.Linear | nn.Conv2d) and layer.bias is not None
-    sel = slice(None) if rows is None else rows
+    sel: slice | list[int] = slice(None) if rows is None else rows
     with torch.no_grad():
         layer.weight[sel] *= scale
         layer.bias[sel] *= scale
@@ -43,8 +44,9 @@ def _split_qkv_rows(num_heads: int, key_dim: int, val_dim: int) -> list[int]:
 class StaticAttention(nn.Module):
     """LeViT self-attention with the bias baked in (token layout B,N,C or conv layout B,C,H,W)."""
 
-    def __init__(self, attn: Attention) -> None:
+    def __init__(self, timm_attn: Attention) -> None:
         super().__init__()
+        attn: Any = timm_attn  # timm's attributes are untyped (int | tuple unions, Tensor | Module)
         self.use_conv = bool(attn.use_conv)
         self.num_heads = int(attn.num_heads)
         self.key_dim = int(attn.key_dim)
@@ -59,9 +61,7 @@ class StaticAttention(nn.Module):
         self.scale = float(attn.scale)
         if _scale_is_exact(self.scale):
             rows = _split_qkv_rows(self.num_heads, self.key_dim, self.val_dim)
-            with torch.no_grad():
-                self.qkv.weight[rows] *= self.scale
-                self.qkv.bias[rows] *= self.scale
+            _fold_scale(self.qkv, rows, self.scale)
             self.scale = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,8 +87,9 @@ class StaticAttention(nn.Module):
 class StaticAttentionDownsample(nn.Module):
     """LeViT's shrinking attention (queries from a strided subsample) with the bias baked in."""
 
-    def __init__(self, attn: AttentionDownsample) -> None:
+    def __init__(self, timm_attn: AttentionDownsample) -> None:
         super().__init__()
+        attn: Any = timm_attn
         self.use_conv = bool(attn.use_conv)
         self.num_heads = int(attn.num_heads)
         self.key_dim = int(attn.key_dim)
@@ -100,7 +101,9 @@ class StaticAttentionDownsample(nn.Module):
         self.kv = attn.kv
         self.in_dim = int(attn.kv.weight.shape[1])
         down = attn.q.down
-        if getattr(down, "pool", None) is not None or (isinstance(down, nn.AvgPool2d) and down.kernel_size != 1):
+        if getattr(down, "pool", None) is not None or (
+            isinstance(down, nn.AvgPool2d) and down.kernel_size != 1
+        ):
             raise UserError("LeViT variants with pooled attention downsampling are not supported")
         self.q_proj = attn.q.ln
         self.proj = attn.proj
@@ -183,8 +186,7 @@ def fuse_levit(model: nn.Module) -> FusedLevit:
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     # timm's fused modules are created on the CPU in fp32: fuse there, then move back.
-    work = copy.deepcopy(model).float().cpu().eval()
-    work = reparameterize_model(work, inplace=True)
+    work: Any = reparameterize_model(copy.deepcopy(model).float().cpu().eval(), inplace=True)
     for parent in list(work.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, AttentionDownsample):
@@ -212,7 +214,9 @@ def check_parity(model: nn.Module, fused: nn.Module, images: torch.Tensor, tol: 
         out = fused(images)
     diff = max_relative_diff(ref, out)
     if not diff <= tol:
-        raise RuntimeError(f"fused model differs from the original by {diff:.3g} of the logit range (> {tol})")
+        raise RuntimeError(
+            f"fused model differs from the original by {diff:.3g} of the logit range (> {tol})"
+        )
     return diff
 
 

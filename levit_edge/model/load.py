@@ -9,6 +9,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -65,7 +66,7 @@ def create_levit(name: str, num_classes: int = 1000, img_size: int | None = None
     The pretrained config's input size follows ``img_size`` so that ``resolve_data_config(model=...)``
     stays the single source of preprocessing.
     """
-    kwargs: dict[str, object] = {"num_classes": num_classes}
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
     if img_size is not None:
         kwargs["img_size"] = img_size
         kwargs["pretrained_cfg_overlay"] = {"input_size": (3, img_size, img_size)}
@@ -131,8 +132,10 @@ def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], str]:
 
 
 def _is_state_dict(obj: Mapping[object, object]) -> bool:
-    return bool(obj) and all(isinstance(k, str) for k in obj) and any(
-        isinstance(v, torch.Tensor) for v in obj.values()
+    return (
+        bool(obj)
+        and all(isinstance(k, str) for k in obj)
+        and any(isinstance(v, torch.Tensor) for v in obj.values())
     )
 
 
@@ -236,7 +239,7 @@ def _few(items: list[str], n: int = 4) -> str:
 
 
 def _load_pretrained(spec: ModelSpec) -> LoadedModel:
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}
     if spec.num_classes is not None:
         kwargs["num_classes"] = spec.num_classes
     if spec.img_size is not None:

@@ -58,7 +58,8 @@ class Calibration:
     def tensors_data(self) -> TensorsData:
         """The ranges in ONNX Runtime's own structure, ready for its quantizer."""
         data = {
-            name: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for name, (lo, hi) in self.ranges.items()
+            name: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
+            for name, (lo, hi) in self.ranges.items()
         }
         return TensorsData(_METHODS[self.method], data)
 

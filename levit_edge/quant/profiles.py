@@ -40,7 +40,7 @@ class QuantProfile:
             "ActivationSymmetric": self.symmetric_activations,
             "WeightSymmetric": True,
             "QuantizeBias": self.quantize_bias,
-            # Q/DQ on the inputs of weighted ops, not their outputs (TensorRT placement; no accuracy cost here).
+            # Q/DQ on the inputs of weighted ops, not their outputs (TensorRT placement).
             "OpTypesToExcludeOutputQuantization": list(WEIGHTED_OPS),
             "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1, "Conv": 0},
         }
@@ -52,11 +52,10 @@ class QuantProfile:
         chosen = []
         for node in model.graph.node:
             const_inputs = sum(1 for i in node.input if i in consts)
-            if node.op_type in ("Conv", "Gemm") or (node.op_type == "MatMul" and const_inputs >= 1):
-                chosen.append(node.name)
-            elif node.op_type == "MatMul" and self.quantize_attention_matmuls:
-                chosen.append(node.name)
-            elif node.op_type == "Add" and self.quantize_residual_adds and const_inputs == 0:
+            weighted = node.op_type in ("Conv", "Gemm") or (node.op_type == "MatMul" and const_inputs >= 1)
+            attention = node.op_type == "MatMul" and self.quantize_attention_matmuls
+            residual = node.op_type == "Add" and self.quantize_residual_adds and const_inputs == 0
+            if weighted or attention or residual:
                 chosen.append(node.name)
         return chosen
 
@@ -64,8 +63,10 @@ class QuantProfile:
         """What the report says about this profile."""
         return {
             "format": "QDQ",
-            "activations": self.activation_type + (" symmetric" if self.symmetric_activations else " asymmetric"),
-            "weights": f"{self.weight_type} symmetric per-channel" + (", 7-bit (reduce_range)" if self.reduce_range else ""),
+            "activations": self.activation_type
+            + (" symmetric" if self.symmetric_activations else " asymmetric"),
+            "weights": f"{self.weight_type} symmetric per-channel"
+            + (", 7-bit (reduce_range)" if self.reduce_range else ""),
             "ops": list(WEIGHTED_OPS)
             + (["MatMul (attention)"] if self.quantize_attention_matmuls else [])
             + (["Add (residual)"] if self.quantize_residual_adds else []),
@@ -104,7 +105,8 @@ TRT_PROFILE = QuantProfile(
     quantize_residual_adds=True,
     why=(
         "TensorRT explicit quantization: symmetric signed INT8, zero points 0, float biases",
-        "Q/DQ on the inputs of Conv/MatMul/Gemm and on residual Adds; Softmax and the attention core in float",
+        "Q/DQ on the inputs of Conv/MatMul/Gemm and on residual Adds; Softmax and the attention core "
+        "in float",
     ),
 )
 

@@ -44,7 +44,9 @@ class Comparison:
     kl: float  # mean KL(reference || candidate) of the softmax distributions, nats
     cosine: float  # mean cosine similarity of the logit vectors
     per_class: tuple[ClassChange, ...] = ()
-    confusion_changes: tuple[tuple[str, str, int], ...] = ()  # (true, predicted-by-candidate, count) new errors
+    confusion_changes: tuple[
+        tuple[str, str, int], ...
+    ] = ()  # (true, predicted-by-candidate, count) new errors
 
     @property
     def drop(self) -> float:
@@ -73,7 +75,7 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray) -> Accuracy:
     top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
     top1 = float(np.mean(top[:, 0] == labels) * 100.0)
     top5 = float(np.mean((top == labels[:, None]).any(axis=1)) * 100.0)
-    return Accuracy(top1, top5, int(len(labels)))
+    return Accuracy(top1, top5, len(labels))
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -130,7 +132,9 @@ def compare(
         for t, p in zip(labels[new_errors], cand_top[new_errors], strict=True):
             key = (_name(names, int(t)), _name(names, int(p)))
             pairs[key] = pairs.get(key, 0) + 1
-        confusion = tuple(sorted(((t, p, c) for (t, p), c in pairs.items()), key=lambda x: (-x[2], x[0], x[1])))
+        confusion = tuple(
+            sorted(((t, p, c) for (t, p), c in pairs.items()), key=lambda x: (-x[2], x[0], x[1]))
+        )
     return Comparison(
         artifact=artifact,
         reference=reference_name,
