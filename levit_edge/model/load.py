@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import pickle
 import re
+import socket
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import timm
 import torch
@@ -102,22 +106,36 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], str]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights only load failed" in str(exc).lower() or "unsupported global" in str(exc).lower():
+        # Only a class/function reference (GLOBAL) means stored Python objects; other weights-only
+        # failures ("Unsupported operand ...") are bytes that are not a checkpoint at all.
+        if "unsupported global" in str(exc).lower():
             raise UserError(
                 f"checkpoint {path} needs arbitrary unpickling (it stores Python objects, not just tensors); "
                 "refused for safety: re-save it as a state_dict or safetensors"
             ) from None
+        if "weights only load failed" in str(exc).lower():
+            first = "not a PyTorch checkpoint (corrupt or another format)"
         raise UserError(f"cannot read checkpoint {path}: {first}") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot read checkpoint {path}: {first}") from None
+    except Exception as exc:  # damaged bytes reach the unpickler as KeyError, IndexError, struct.error...
+        raise UserError(
+            f"cannot read checkpoint {path}: not a PyTorch checkpoint (corrupt or another format; "
+            f"{type(exc).__name__})"
+        ) from None
     return _unwrap(obj, path)
 
 
 def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], str]:
     fmt = "state_dict"
-    while isinstance(obj, Mapping) and not _is_state_dict(obj):
-        key = next((k for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+    # A wrapper key wins even beside top-level tensors (e.g. the PyTorch ImageNet example's best_acc1).
+    seen: set[int] = set()  # a pickle can hold a dict that contains itself
+    while isinstance(obj, Mapping) and (not _is_state_dict(obj) or _wrapper_key(obj) is not None):
+        key = _wrapper_key(obj)
+        if id(obj) in seen:
+            raise UserError(f"checkpoint {path} does not contain a state_dict ('{key}' contains itself)")
+        seen.add(id(obj))
         if key is None:
             raise UserError(
                 f"checkpoint {path} holds no tensors under any of {', '.join(_WRAPPER_KEYS)}; "
@@ -129,6 +147,10 @@ def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], str]:
         raise UserError(f"checkpoint {path} does not contain a state_dict")
     state = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     return state, fmt
+
+
+def _wrapper_key(obj: Mapping[object, object]) -> str | None:
+    return next((k for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
 
 
 def _is_state_dict(obj: Mapping[object, object]) -> bool:
@@ -245,13 +267,48 @@ def _load_pretrained(spec: ModelSpec) -> LoadedModel:
     if spec.img_size is not None:
         kwargs["img_size"] = spec.img_size
         kwargs["pretrained_cfg_overlay"] = {"input_size": (3, spec.img_size, spec.img_size)}
+    unreachable = _hub_unreachable()
     try:
-        model = timm.create_model(spec.name, pretrained=True, **kwargs)
+        # Without a route to the hub, its client retries each file for about 25 s: use the cache only.
+        with _hub_offline() if unreachable else contextlib.nullcontext():
+            model = timm.create_model(spec.name, pretrained=True, **kwargs)
     except Exception as exc:  # the hub raises many types (OSError, HTTP errors, LocalEntryNotFoundError...)
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        if unreachable:
+            first = f"the model hub is unreachable ({unreachable}) and the weights are not cached"
         raise UserError(
             f"could not fetch timm's pretrained weights for {spec.name} (no network or no such weights?): "
             f"{first}; pass --checkpoint FILE instead"
         ) from None
     num_classes = int(getattr(model, "num_classes", spec.num_classes or 1000))
     return LoadedModel(model.eval(), spec, None, "timm-pretrained", num_classes)
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (a quick TCP connect), or None when it can, when a proxy
+    decides, or when offline mode is already on."""
+    from huggingface_hub import constants
+
+    proxies = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    if constants.is_offline_mode() or any(os.environ.get(v) for v in proxies):
+        return None
+    url = urlsplit(constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or type(exc).__name__}"
+    return None
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """huggingface_hub's offline mode (cache only, no retries) for the duration of the block."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
