@@ -6,6 +6,10 @@
 * The attention scale is folded into the query projection where the scale is a power of two (exact).
 * The class and distillation heads become one Linear producing the same averaged logits.
 * Every reshape uses -1 for the batch and constants elsewhere, so no Shape/Gather arithmetic is exported.
+* Token-layout models run their trunk on 2-D ``(batch * tokens, channels)`` tensors, so every Linear exports
+  as one Gemm with its bias (ONNX Runtime runs a 3-D MatMul and a separate broadcast Add otherwise, and its
+  quantized graph gets a QGemm with an int32 bias instead of MatMulIntegerToFloat + Add). The attention
+  modules keep the shape they are given: 3-D ``(B, N, C)`` in, 3-D out.
 """
 
 from __future__ import annotations
@@ -41,6 +45,11 @@ def _split_qkv_rows(num_heads: int, key_dim: int, val_dim: int) -> list[int]:
     return [h * per_head + i for h in range(num_heads) for i in range(key_dim)]
 
 
+def _tokens(rank: int, n: int, c: int) -> tuple[int, ...]:
+    """Shape of ``n`` tokens of ``c`` channels: (B*N, C) for rank 2, (B, N, C) for rank 3."""
+    return (-1, c) if rank == 2 else (-1, n, c)
+
+
 class StaticAttention(nn.Module):
     """LeViT self-attention with the bias baked in (token layout B,N,C or conv layout B,C,H,W)."""
 
@@ -66,6 +75,7 @@ class StaticAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, n, kd, vd = self.num_heads, self.tokens, self.key_dim, self.val_dim
+        rank = x.dim()  # token layout: 2 in the fused trunk (B*N, C), 3 when called on (B, N, C)
         if self.use_conv:
             q, k, v = self.qkv(x).reshape(-1, h, 2 * kd + vd, n).split([kd, kd, vd], dim=2)
             attn = q.transpose(-2, -1) @ k
@@ -80,7 +90,7 @@ class StaticAttention(nn.Module):
         if self.use_conv:
             x = (v @ attn.transpose(-2, -1)).reshape(-1, self.val_attn_dim, *self.resolution)
         else:
-            x = (attn @ v).transpose(1, 2).reshape(-1, n, self.val_attn_dim)
+            x = (attn @ v).transpose(1, 2).reshape(_tokens(rank, n, self.val_attn_dim))
         return self.proj(x)
 
 
@@ -118,6 +128,7 @@ class StaticAttentionDownsample(nn.Module):
         h, kd, vd, s = self.num_heads, self.key_dim, self.val_dim, self.stride
         (rh, rw), (oh, ow) = self.resolution, self.out_resolution
         n, nq = rh * rw, oh * ow
+        rank = x.dim()
         if self.use_conv:
             k, v = self.kv(x).reshape(-1, h, kd + vd, n).split([kd, vd], dim=2)
             q = self.q_proj(x[:, :, ::s, ::s]).reshape(-1, h, kd, nq)
@@ -125,7 +136,7 @@ class StaticAttentionDownsample(nn.Module):
         else:
             k, v = self.kv(x).reshape(-1, n, h, kd + vd).split([kd, vd], dim=3)
             c = self.in_dim  # a constant: reading x.shape would export Shape/Gather arithmetic
-            sub = x.reshape(-1, rh, rw, c)[:, ::s, ::s].reshape(-1, nq, c)
+            sub = x.reshape(-1, rh, rw, c)[:, ::s, ::s].reshape(_tokens(rank, nq, c))
             q = self.q_proj(sub).reshape(-1, nq, h, kd).permute(0, 2, 1, 3)
             v = v.permute(0, 2, 1, 3)
             attn = q @ k.permute(0, 2, 3, 1)
@@ -135,7 +146,7 @@ class StaticAttentionDownsample(nn.Module):
         if self.use_conv:
             x = (v @ attn.transpose(-2, -1)).reshape(-1, self.val_attn_dim, oh, ow)
         else:
-            x = (attn @ v).transpose(1, 2).reshape(-1, nq, self.val_attn_dim)
+            x = (attn @ v).transpose(1, 2).reshape(_tokens(rank, nq, self.val_attn_dim))
         return self.proj(x)
 
 
@@ -153,16 +164,26 @@ class FusedLevit(nn.Module):
         self.stem = model.stem
         self.stages = model.stages
         self.head = _merge_heads(model.head, getattr(model, "head_dist", None))
+        self.out_tokens = _out_tokens(self.stages)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        if not self.use_conv:
-            c, hh, ww = x.shape[1:]
-            x = x.reshape(-1, int(c), int(hh) * int(ww)).transpose(1, 2)
-        x = self.stages(x)
-        if self.global_pool == "avg":
-            x = x.mean(dim=(-2, -1)) if self.use_conv else x.mean(dim=1)
-        return self.head(x)
+        if self.use_conv:
+            x = self.stages(x)
+            return self.head(x.mean(dim=(-2, -1)) if self.global_pool == "avg" else x)
+        c, hh, ww = (int(d) for d in x.shape[1:])
+        # (B, C, H, W) -> (B*N, C): the whole trunk runs on 2-D tokens, so each Linear is one Gemm.
+        x = x.reshape(-1, c, hh * ww).transpose(1, 2).reshape(-1, c)
+        x = self.stages(x).reshape(-1, self.out_tokens, self.num_features)
+        return self.head(x.mean(dim=1) if self.global_pool == "avg" else x)
+
+
+def _out_tokens(stages: nn.Module) -> int:
+    """Tokens leaving the last stage: those of its last attention module (every LeViT stage has one)."""
+    last = [m for m in stages.modules() if isinstance(m, StaticAttention | StaticAttentionDownsample)][-1]
+    if isinstance(last, StaticAttentionDownsample):
+        return last.out_resolution[0] * last.out_resolution[1]
+    return last.tokens
 
 
 def _merge_heads(head: nn.Module, head_dist: nn.Module | None) -> nn.Module:
