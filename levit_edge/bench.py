@@ -30,6 +30,7 @@ class BenchSettings:
     rounds: int = 5
     per_round: int = 10
     input_size: tuple[int, int, int] = (3, 224, 224)
+    budget_s: float | None = None  # set: fewer calls per round, so one point takes about this long
 
     def __post_init__(self) -> None:
         if not self.batches or any(b < 1 for b in self.batches):
@@ -38,6 +39,8 @@ class BenchSettings:
             raise UserError(f"--threads must be positive, got {list(self.threads)}")
         if self.rounds < 1 or self.per_round < 1 or self.warmup < 0:
             raise UserError("--rounds and --repeat must be at least 1, --warmup at least 0")
+        if self.budget_s is not None and not self.budget_s > 0:
+            raise UserError(f"--budget must be a positive number of seconds, got {self.budget_s}")
 
 
 @dataclass(frozen=True)
@@ -90,13 +93,21 @@ def time_variants(
 def _interleaved(
     runners: Mapping[str, Runner], images: np.ndarray, settings: BenchSettings
 ) -> dict[str, list[float]]:
-    for runner in runners.values():
-        for _ in range(settings.warmup):
+    last_ms: dict[str, float] = {}
+    for name, runner in runners.items():
+        for _ in range(max(settings.warmup, 1 if settings.budget_s else 0)):
+            start = time.perf_counter()
             runner.infer(images)
+            last_ms[name] = (time.perf_counter() - start) * 1000.0
+    per_round = settings.per_round
+    if settings.budget_s is not None:
+        # The slowest variants (PyTorch eager at batch 16 on one thread) set the pace for every variant alike.
+        round_s = sum(last_ms.values()) / 1000.0
+        per_round = max(1, min(per_round, int(settings.budget_s / (settings.rounds * max(round_s, 1e-9)))))
     samples: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(settings.rounds):
         for name, runner in runners.items():
-            for _ in range(settings.per_round):
+            for _ in range(per_round):
                 start = time.perf_counter()
                 runner.infer(images)
                 samples[name].append((time.perf_counter() - start) * 1000.0)
@@ -156,10 +167,15 @@ def run_dir_factories(
     return factories, preprocess.input_size
 
 
+# Interleaving many sessions in one process: a session's worker threads must stop spinning when its Run
+# returns, or they steal the cores of the next variant (seen as a 2-7x slow-down of multi-thread runs).
+INTERLEAVED_SESSION_CONFIG = {"session.force_spinning_stop": "1"}
+
+
 def _ort_factory(path: Path) -> RunnerFactory:
     from levit_edge.backends.onnxruntime import OnnxRuntimeRunner
 
-    return lambda threads: OnnxRuntimeRunner(path, threads)
+    return lambda threads: OnnxRuntimeRunner(path, threads, config=INTERLEAVED_SESSION_CONFIG)
 
 
 def _torch_factories(manifest: Mapping[str, Any]) -> dict[str, RunnerFactory]:

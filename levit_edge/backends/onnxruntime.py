@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,13 @@ _LEVELS = {
 
 
 def session_options(
-    threads: int | None = None, optimization: str = "all", optimized_path: Path | None = None
+    threads: int | None = None,
+    optimization: str = "all",
+    optimized_path: Path | None = None,
+    config: Mapping[str, str] | None = None,
 ) -> ort.SessionOptions:
-    """Session options: intra-op threads (None = all cores), optimization level, optional saved graph."""
+    """Session options: intra-op threads (None = all cores), optimization level, optional saved graph,
+    and ONNX Runtime session config entries (e.g. ``{"session.intra_op.allow_spinning": "0"}``)."""
     if optimization not in _LEVELS:
         raise UserError(f"unknown graph optimization level '{optimization}'; use one of {', '.join(_LEVELS)}")
     opts = ort.SessionOptions()
@@ -33,17 +38,24 @@ def session_options(
     opts.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
     if optimized_path is not None:
         opts.optimized_model_filepath = str(optimized_path)
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
     return opts
 
 
 def load_session(
-    model: bytes | Path, threads: int | None = None, optimization: str = "all"
+    model: bytes | Path,
+    threads: int | None = None,
+    optimization: str = "all",
+    config: Mapping[str, str] | None = None,
 ) -> ort.InferenceSession:
     """Create a CPU inference session; an unloadable model is a user error naming the file."""
     source = model if isinstance(model, bytes) else str(model)
     try:
         return ort.InferenceSession(
-            source, sess_options=session_options(threads, optimization), providers=["CPUExecutionProvider"]
+            source,
+            sess_options=session_options(threads, optimization, config=config),
+            providers=["CPUExecutionProvider"],
         )
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
         where = "model" if isinstance(model, bytes) else str(model)
@@ -56,15 +68,22 @@ class OnnxRuntimeRunner(Runner):
 
     name = "onnxruntime"
 
-    def __init__(self, model: bytes | Path, threads: int | None = None, optimization: str = "all") -> None:
+    def __init__(
+        self,
+        model: bytes | Path,
+        threads: int | None = None,
+        optimization: str = "all",
+        config: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.threads = threads
         self.optimization = optimization
+        self.config = dict(config or {})
         self.session: ort.InferenceSession | None = None
 
     def activate(self) -> None:
-        self.session = load_session(self.model, self.threads, self.optimization)
+        self.session = load_session(self.model, self.threads, self.optimization, self.config)
         self._input = self.session.get_inputs()[0].name
         self._output = self.session.get_outputs()[0].name
 

@@ -37,6 +37,11 @@ def bench_cli(
     rounds: int = typer.Option(5, "--rounds", help="Interleaved rounds over all variants."),
     repeat: int = typer.Option(10, "--repeat", help="Timed calls per variant per round."),
     warmup: int = typer.Option(5, "--warmup", help="Untimed calls per variant first."),
+    budget: float | None = typer.Option(
+        None,
+        "--budget",
+        help="Seconds of timed calls per batch/thread point: fewer --repeat calls where variants are slow.",
+    ),
     torch_models: bool = typer.Option(
         True, "--torch/--no-torch", help="Include PyTorch eager (original and fused)."
     ),
@@ -52,6 +57,7 @@ def bench_cli(
         rounds=rounds,
         per_round=repeat,
         warmup=warmup,
+        budget_s=budget,
     )
     factories, input_size = run_dir_factories(run_dir, torch_models)
     settings = BenchSettings(**{**settings.__dict__, "input_size": input_size})
