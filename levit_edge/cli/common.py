@@ -35,7 +35,9 @@ class RichHooks:
         self._progress.__exit__(exc_type, exc, tb)
 
     def stage(self, name: str) -> None:
-        err_console.print(f"[dim]stage[/dim] {name}", highlight=False)
+        # Only for people at a terminal: in pipelines stderr carries just the one error line.
+        if err_console.is_terminal:
+            err_console.print(f"[dim]stage[/dim] {name}", highlight=False)
 
     def progress(self, task: str, done: int, total: int) -> None:
         if task not in self._tasks:

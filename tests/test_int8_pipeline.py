@@ -1,0 +1,300 @@
+"""INT8 end to end on the trained fixture: accuracy kept, gate trips, reports and manifest honest.
+
+The expensive export runs once per module (``int8_run``); other tests reuse its run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+from PIL import Image
+
+from levit_edge.data.preprocess import PreprocessConfig
+from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.model.load import sha256_file
+from levit_edge.quant.calibrate import Calibration
+from levit_edge.quant.profiles import ORT_PROFILE
+from levit_edge.quant.quantize import quantize
+from levit_edge.quant.trt_rules import check_trt_ready
+
+Fixture = tuple[DatasetPaths, FixtureResult, Path]
+
+
+def cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real console entry point in a subprocess."""
+    code = "from levit_edge.cli.app import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=600,
+    )
+
+
+def model_args(fx: Fixture) -> list[str]:
+    data, result, checkpoint = fx
+    return [
+        "--model",
+        result.model_name,
+        "--img-size",
+        str(result.img_size),
+        "--num-classes",
+        str(len(result.classes)),
+        "--checkpoint",
+        str(checkpoint),
+    ]
+
+
+@pytest.fixture(scope="module")
+def int8_run(trained_fixture: Fixture, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = trained_fixture[0]
+    out = tmp_path_factory.mktemp("int8")
+    proc = cli(
+        "export",
+        "--int8",
+        "--target",
+        "all",
+        "--no-engine",
+        *model_args(trained_fixture),
+        "--calib",
+        data.calib,
+        "--val",
+        data.val,
+        "--out",
+        out,
+        "--name",
+        "run",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return out / "run"
+
+
+def report(run_dir: Path) -> dict[str, Any]:
+    return dict(json.loads((run_dir / "report.json").read_text()))
+
+
+def own_top1(model_path: Path, data: DatasetPaths) -> float:
+    """Top-1 computed here, independently of levit-edge's validation code: files, labels, ORT."""
+    model = onnx.load(str(model_path))
+    pre = json.loads({p.key: p.value for p in model.metadata_props}["levit_edge.preprocess"])
+    transform = PreprocessConfig.from_dict(pre).transform()
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    correct = total = 0
+    for label, name in enumerate(data.classes):
+        files = sorted((data.val / name).glob("*.png"))
+        images = np.stack([transform(Image.open(f)) for f in files]).astype(np.float32)
+        logits = session.run(None, {"images": images})[0]
+        correct += int((logits.argmax(1) == label).sum())
+        total += len(files)
+    return 100.0 * correct / total
+
+
+def test_fp32_and_int8_accuracy(int8_run: Path, trained_fixture: Fixture) -> None:
+    rep = report(int8_run)
+    assert rep["status"] == "passed"
+    acc = rep["accuracy"]
+    assert acc["fp32"]["top1"] >= 90.0
+    for artifact in ("int8.ort", "int8.trt"):
+        assert rep["drop"][artifact] <= 1.0, rep["drop"]
+        assert acc[artifact]["n"] == acc["fp32"]["n"] == len(trained_fixture[0].samples("val"))
+        assert 0.0 <= rep["kl"][artifact] < 0.1
+        assert rep["cosine"][artifact] > 0.99
+        assert rep["agreement"][artifact] >= 95.0
+    # The report's numbers agree with a top-1 computed here from the files and folder labels.
+    assert own_top1(int8_run / "model.fp32.onnx", trained_fixture[0]) == pytest.approx(acc["fp32"]["top1"])
+    assert own_top1(int8_run / "model.int8.ort.onnx", trained_fixture[0]) == pytest.approx(
+        acc["int8.ort"]["top1"]
+    )
+
+
+def test_report_contract_keys(int8_run: Path) -> None:
+    rep = report(int8_run)
+    for key in ("schema_version", "status", "model", "preprocess", "calibration", "thresholds", "stages"):
+        assert key in rep
+    assert rep["thresholds"]["max_drop"] == 1.0
+    assert rep["calibration"]["method"] == "minmax"
+    assert rep["calibration"]["count"] > 0
+    assert set(rep["latency"]) >= {"fp32", "int8.ort", "int8.trt"}
+    assert {"load", "fuse", "export", "calibrate", "quantize.ort", "quantize.trt", "validate"} <= set(
+        rep["stages"]
+    )
+    assert rep["quantization"]["int8.trt"]["note"].startswith("TensorRT Q/DQ simulated")
+    assert rep["validation"]["class_order"] == list(rep["model"]["class_names"])
+    assert "trtexec --onnx=" in rep["trtexec"]
+    per_class = rep["per_class"]["int8.ort"]
+    assert len(per_class) == len(rep["model"]["class_names"])
+    for name in ("report.html", "report.md"):
+        assert (int8_run / name).stat().st_size > 0
+
+
+def test_manifest_hashes_every_file(int8_run: Path) -> None:
+    manifest = json.loads((int8_run / "manifest.json").read_text())
+    on_disk = {p.name for p in int8_run.iterdir() if p.name != "manifest.json"}
+    assert set(manifest["files"]) == on_disk
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == sha256_file(int8_run / name)
+        assert entry["size"] == (int8_run / name).stat().st_size
+    assert manifest["status"] == "passed"
+    assert manifest["command"][:2] == ["levit-edge", "export"]
+    proc = cli("verify", int8_run)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_quantized_models_follow_their_profiles(int8_run: Path) -> None:
+    ort_model = onnx.load(str(int8_run / "model.int8.ort.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in ort_model.graph.initializer}
+    q_nodes = [n for n in ort_model.graph.node if n.op_type == "QuantizeLinear"]
+    assert q_nodes, "no activations quantized"
+    assert all(inits[n.input[2]].dtype == np.uint8 for n in q_nodes if len(n.input) > 2)
+    weights_int8 = [v for v in inits.values() if v.dtype == np.int8 and v.ndim >= 2]
+    assert weights_int8, "no int8 weights"
+    # reduce_range: 7-bit weights, |w| <= 64 in ORT's symmetric int8 with reduce_range.
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights_int8) <= 64
+    assert not any(
+        n.op_type == "Softmax" and n.input[0].endswith("DequantizeLinear_Output")
+        for n in ort_model.graph.node
+    )
+    assert check_trt_ready(int8_run / "model.int8.trt.onnx") == []
+
+
+def test_quantization_reuses_the_saved_calibration(int8_run: Path, tmp_path: Path) -> None:
+    """Every quantized target is rebuilt from calibration.json alone, byte for byte."""
+    cal = Calibration.load(int8_run / "calibration.json")
+    assert cal.model_sha256 == sha256_file(int8_run / "model.fp32.onnx")
+    assert cal.ranges and all(lo <= hi for lo, hi in cal.ranges.values())
+    again = tmp_path / "again.onnx"
+    original = onnx.load(str(int8_run / "model.int8.ort.onnx"))
+    meta = {p.key: p.value for p in original.metadata_props}
+    quantize(int8_run / "model.fp32.onnx", cal, ORT_PROFILE, again, metadata=meta)
+    assert again.read_bytes() == (int8_run / "model.int8.ort.onnx").read_bytes()
+
+
+def test_gate_trips_with_exit_3_and_keeps_artifacts(trained_fixture: Fixture, tmp_path: Path) -> None:
+    """A calibration set of one image gives too-narrow ranges; a zero-point budget must fail."""
+    data = trained_fixture[0]
+    one = tmp_path / "one"
+    one.mkdir()
+    first = sorted(data.calib.rglob("*.png"))[0]
+    shutil.copy(first, one / first.name)
+    proc = cli(
+        "export",
+        "--int8",
+        "--target",
+        "ort",
+        *model_args(trained_fixture),
+        "--calib",
+        one,
+        "--val",
+        data.val,
+        "--max-drop",
+        "0",
+        "--out",
+        tmp_path,
+        "--name",
+        "gated",
+    )
+    run_dir = tmp_path / "gated"
+    rep = report(run_dir)
+    assert rep["drop"]["int8.ort"] > 0, "the degraded calibration should lose accuracy"
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.strip().startswith("error: accuracy gate failed")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert rep["status"] == "failed-accuracy"
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "failed-accuracy"
+    assert (run_dir / "model.int8.ort.onnx").is_file()
+    # Re-validating the same run with a budget above its drop passes and updates status everywhere.
+    budget = f"{rep['drop']['int8.ort'] + 0.5:.2f}"
+    proc = cli("validate", run_dir, "--val", data.val, "--max-drop", budget)
+    assert proc.returncode == 0, proc.stderr
+    assert report(run_dir)["status"] == "passed"
+    assert cli("verify", run_dir).returncode == 0
+    proc = cli("validate", run_dir, "--val", data.val, "--max-drop", "0")
+    assert proc.returncode == 3
+
+
+def test_unlabelled_validation_reports_agreement(
+    int8_run: Path, trained_fixture: Fixture, tmp_path: Path
+) -> None:
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, (path, _label) in enumerate(trained_fixture[0].samples("val")[::5]):
+        shutil.copy(path, flat / f"{i:04d}.png")
+    copy = tmp_path / "run"
+    shutil.copytree(int8_run, copy)
+    proc = cli("validate", copy, "--val", flat, "--max-drop", "100")
+    assert proc.returncode == 0, proc.stderr
+    rep = report(copy)
+    assert rep["accuracy"] == {}
+    assert rep["validation"]["labelled"] is False
+    assert 90.0 <= rep["agreement"]["int8.ort"] <= 100.0
+    assert rep["drop"]["int8.ort"] == pytest.approx(100.0 - rep["agreement"]["int8.ort"])
+
+
+def test_config_file_carries_options_and_flags_override(trained_fixture: Fixture, tmp_path: Path) -> None:
+    data, result, checkpoint = trained_fixture
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(
+        f'model = "{result.model_name}"\nimg_size = {result.img_size}\nnum_classes = {len(result.classes)}\n'
+        f'checkpoint = "{checkpoint}"\ntarget = "onnx"\nout = "runs"\nname = "from-config"\nopset = 13\n'
+    )
+    proc = cli("export", "--config", cfg, "--opset", "17")
+    assert proc.returncode == 0, proc.stderr
+    model = onnx.load(str(tmp_path / "runs" / "from-config" / "model.fp32.onnx"))
+    assert {o.domain: o.version for o in model.opset_import}[""] == 17
+    cfg.write_text(cfg.read_text() + "colour = 3\n")
+    proc = cli("export", "--config", cfg)
+    assert proc.returncode == 1
+    assert "unknown key 'colour'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--int8", "--target", "ort"], "--int8 needs calibration images"),
+        (["--target", "trt"], "add --int8"),
+        (["--target", "tpu"], "--target must be one of"),
+        (["--calib-method", "kmeans", "--int8", "--calib", "."], "--calib-method must be one of"),
+        (["--max-drop", "-1"], "--max-drop must be a non-negative"),
+        (["--val", "/nonexistent/val"], "data path not found"),
+    ],
+)
+def test_bad_int8_options_fail_in_one_line(
+    trained_fixture: Fixture, tmp_path: Path, extra: list[str], message: str
+) -> None:
+    proc = cli("export", *model_args(trained_fixture), *extra, "--out", tmp_path, "--name", "x")
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
+    assert not (tmp_path / "x").exists()
+    assert not list(tmp_path.glob(".x.partial-*"))
+
+
+def test_corrupt_calibration_image_named_or_skipped(trained_fixture: Fixture, tmp_path: Path) -> None:
+    data = trained_fixture[0]
+    calib = tmp_path / "calib"
+    shutil.copytree(data.calib, calib)
+    bad = sorted(calib.rglob("*.png"))[3]
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated PNG
+    args = ["export", "--int8", "--target", "ort", *model_args(trained_fixture), "--calib", calib]
+    proc = cli(*args, "--out", tmp_path, "--name", "bad")
+    assert proc.returncode == 1
+    assert bad.name in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "bad").exists()
+    proc = cli(*args, "--skip-bad", "--out", tmp_path, "--name", "skipped")
+    assert proc.returncode == 0, proc.stderr
+    assert report(tmp_path / "skipped")["calibration"]["skipped"] == 1
