@@ -34,7 +34,7 @@ from levit_edge.export.onnx import (
 from levit_edge.model.fuse import check_parity, fuse_levit
 from levit_edge.model.load import LoadedModel, ModelSpec, load_model
 from levit_edge.quant.calibrate import CALIBRATION_FILE, Calibration, calibrate, describe
-from levit_edge.quant.profiles import ORT_PROFILE, TRT_PROFILE, QuantProfile
+from levit_edge.quant.profiles import ORT_PROFILES, PROFILES, TRT_PROFILE, QuantProfile
 from levit_edge.quant.quantize import QuantResult, quantize
 from levit_edge.report.manifest import MANIFEST, staged_run, write_manifest
 from levit_edge.report.render import write_reports
@@ -209,9 +209,14 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
                     timer.progress("calibrate"),
                 )
                 calibration.save(run.dir / CALIBRATION_FILE)
-            for key, profile, filename in _profiles(job.targets):
+            for key, profile, filename in _profiles(job.targets, job.quant.ort_profile):
                 with timer.stage(f"quantize.{profile.name}"):
                     quant_results[key] = quantize(fp32_path, calibration, profile, run.dir / filename)
+            if job.targets.trt_int8 and job.quant.trt_fp16:
+                from levit_edge.quant.fp16 import convert_file
+
+                with timer.stage("trt-fp16"):
+                    convert_file(run.dir / TRT_FILE)
             if job.targets.trt_int8:
                 with timer.stage("check-trt"):
                     _require_trt_ready(run.dir / TRT_FILE)
@@ -274,10 +279,10 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
     return result
 
 
-def _profiles(targets: Targets) -> list[tuple[str, QuantProfile, str]]:
+def _profiles(targets: Targets, ort_profile: str = "ort") -> list[tuple[str, QuantProfile, str]]:
     out = []
     if targets.ort_int8:
-        out.append(("int8.ort", ORT_PROFILE, ORT_FILE))
+        out.append(("int8.ort", ORT_PROFILES[ort_profile], ORT_FILE))
     if targets.trt_int8:
         out.append(("int8.trt", TRT_PROFILE, TRT_FILE))
     return out
@@ -472,11 +477,19 @@ def build_report(
     if quant_results:
         report["quantization"] = {
             key: {
-                **(ORT_PROFILE if r.profile == "ort" else TRT_PROFILE).describe(),
+                "profile": r.profile,
+                **PROFILES[r.profile].describe(),
                 "quantized_nodes": r.quantized_nodes,
                 "excluded_nodes": list(r.excluded_nodes),
                 "qdq_pairs": r.qdq_pairs,
-                **({"note": "TensorRT Q/DQ simulated on CPU by ONNX Runtime"} if key == "int8.trt" else {}),
+                **(
+                    {
+                        "note": "TensorRT Q/DQ simulated on CPU by ONNX Runtime",
+                        "float_regions": "fp16" if job.quant.trt_fp16 else "fp32",
+                    }
+                    if key == "int8.trt"
+                    else {}
+                ),
             }
             for key, r in quant_results.items()
         }
