@@ -45,7 +45,7 @@ def cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProce
 
 
 def model_args(fx: Fixture) -> list[str]:
-    data, result, checkpoint = fx
+    _data, result, checkpoint = fx
     return [
         "--model",
         result.model_name,
@@ -245,7 +245,7 @@ def test_unlabelled_validation_reports_agreement(
 
 
 def test_config_file_carries_options_and_flags_override(trained_fixture: Fixture, tmp_path: Path) -> None:
-    data, result, checkpoint = trained_fixture
+    _data, result, checkpoint = trained_fixture
     cfg = tmp_path / "edge.toml"
     cfg.write_text(
         f'model = "{result.model_name}"\nimg_size = {result.img_size}\nnum_classes = {len(result.classes)}\n'

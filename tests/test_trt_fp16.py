@@ -37,7 +37,7 @@ def test_fp16_float_regions(
     assert fp16_inits, "no weights or constants were converted"
     types = {vi.name: vi.type.tensor_type.elem_type for vi in half.graph.input}
     assert types["images"] == onnx.TensorProto.FLOAT  # I/O stays FP32
-    # Q/DQ and Softmax keep FP32 inputs: every one of them is fed by a Cast back to float32 or a float32 tensor.
+    # Q/DQ and Softmax keep FP32 inputs: each is fed by a Cast back to float32 or a float32 tensor.
     casts_to_fp32 = {n.output[0] for n in half.graph.node if n.op_type == "Cast" and n.attribute[0].i == 1}
     fp32_inits = {i.name for i in half.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
     for node in half.graph.node:
