@@ -17,6 +17,7 @@ from levit_edge.errors import UserError
 
 TARGETS = ("onnx", "ort", "trt", "all")
 CALIB_METHODS = ("minmax", "percentile", "entropy")
+ORT_PROFILE_NAMES = ("ort", "ort-vnni")  # levit_edge.quant.profiles.ORT_PROFILES (kept import-free here)
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,13 @@ class QuantSettings:
     percentile: float = 99.999
     calib_size: int | None = 512
     trt_fp16: bool = False
+    ort_profile: str = "ort"  # the ONNX Runtime INT8 recipe: "ort" (any CPU) or "ort-vnni"
 
     def __post_init__(self) -> None:
+        if self.ort_profile not in ORT_PROFILE_NAMES:
+            raise UserError(
+                f"--ort-profile must be one of {', '.join(ORT_PROFILE_NAMES)}, got '{self.ort_profile}'"
+            )
         if self.method not in CALIB_METHODS:
             raise UserError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got '{self.method}'")
         if not (math.isfinite(self.percentile) and 50.0 < self.percentile <= 100.0):
@@ -119,6 +125,7 @@ CONFIG_KEYS: dict[str, tuple[type, ...]] = {
     "threads": (int,),
     "seed": (int,),
     "trt_fp16": (bool,),
+    "ort_profile": (str,),
     "engine": (bool,),
     "out": (str,),
     "name": (str,),

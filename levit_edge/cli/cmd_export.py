@@ -84,6 +84,13 @@ def export_cli(
         help="Largest allowed top-1 drop in points; above it exit 3 [default: 1.0].",
         rich_help_panel=_QUANT,
     ),
+    ort_profile: str | None = typer.Option(
+        None,
+        "--ort-profile",
+        help="ONNX Runtime INT8 recipe: ort (any CPU: stem convs in float) | ort-vnni (AVX-512 VNNI/AMX "
+        "CPUs: QLinearConv stem) [default: ort]",
+        rich_help_panel=_QUANT,
+    ),
     trt_fp16: bool | None = typer.Option(
         None,
         "--trt-fp16/--no-trt-fp16",
@@ -137,6 +144,7 @@ def export_cli(
         percentile=float(p(percentile, "percentile", 99.999)),
         calib_size=p(calib_size, "calib_size", 512),
         trt_fp16=p(trt_fp16, "trt_fp16", False),
+        ort_profile=p(ort_profile, "ort_profile", "ort"),
     )
     calib_path, val_path = path(calib, "calib"), path(val, "val")
     job = ExportJob(

@@ -5,6 +5,7 @@ Both profiles consume the same ``calibration.json``; they differ only in how its
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +27,14 @@ class QuantProfile:
     quantize_bias: bool
     quantize_attention_matmuls: bool  # activation x activation MatMuls (q @ k, attn @ v)
     quantize_residual_adds: bool
+    quantize_convs: bool = True  # False: every Conv (the stem) stays float, with no Q/DQ at all
     # Conv outputs keep a Q/DQ pair, so ONNX Runtime runs QLinearConv (uint8 in and out). Without it a Conv
     # whose output is float is not fused: it runs in float on weights dequantized at every call.
     quantize_conv_outputs: bool = False
     float_input_conv: bool = False  # leave the convolution reading the image (3 channels) in float
+    # Consumers the profile does not quantize (the residual Adds beside a quantized Gemm) read the float
+    # tensor instead of its quantize-dequantize copy: no DequantizeLinear left to run, and an exact residual.
+    float_bypass: bool = False
     why: tuple[str, ...] = field(default_factory=tuple)
 
     def quant_types(self) -> tuple[QuantType, QuantType]:
@@ -60,7 +65,9 @@ class QuantProfile:
         chosen = []
         for node in model.graph.node:
             const_inputs = sum(1 for i in node.input if i in consts)
-            if node.op_type == "Conv" and self.float_input_conv and node.input[0] in graph_inputs:
+            if node.op_type == "Conv" and (
+                not self.quantize_convs or (self.float_input_conv and node.input[0] in graph_inputs)
+            ):
                 continue
             weighted = node.op_type in ("Conv", "Gemm") or (node.op_type == "MatMul" and const_inputs >= 1)
             attention = node.op_type == "MatMul" and self.quantize_attention_matmuls
@@ -77,13 +84,14 @@ class QuantProfile:
             + (" symmetric" if self.symmetric_activations else " asymmetric"),
             "weights": f"{self.weight_type} symmetric per-channel"
             + (", 7-bit (reduce_range)" if self.reduce_range else ""),
-            "ops": list(WEIGHTED_OPS)
+            "ops": [op for op in WEIGHTED_OPS if op != "Conv" or self.quantize_convs]
             + (["MatMul (attention)"] if self.quantize_attention_matmuls else [])
             + (["Add (residual)"] if self.quantize_residual_adds else [])
             + (["Conv outputs (QLinearConv)"] if self.quantize_conv_outputs else []),
             "float": ["Softmax", "HardSwish", "attention bias Add"]
             + ([] if self.quantize_attention_matmuls else ["attention MatMuls"])
-            + (["the first Conv (image input)"] if self.float_input_conv else []),
+            + (["Conv (the stem)"] if not self.quantize_convs else [])
+            + (["the first Conv (image input)"] if self.quantize_convs and self.float_input_conv else []),
             "bias": "int32" if self.quantize_bias else "float",
             "why": list(self.why),
         }
@@ -98,16 +106,33 @@ ORT_PROFILE = QuantProfile(
     quantize_bias=True,
     quantize_attention_matmuls=False,
     quantize_residual_adds=False,
-    quantize_conv_outputs=True,
-    float_input_conv=True,
+    quantize_convs=False,
+    float_bypass=True,
     why=(
         "U8S8 is the pair ONNX Runtime's x86 and ARM integer kernels are fastest with",
         "reduce_range (7-bit weights) avoids the saturating U8S8 sums of AVX2 CPUs without VNNI, which cost "
         "26 top-1 points on LeViT-128S; VNNI and ARM lose nothing by it",
-        "only the projections (Conv/MatMul/Gemm with weights) are quantized; the attention core stays float",
-        "stem convolutions run as QLinearConv chains (quantized outputs): a Conv with a float output runs in "
-        "float on weights dequantized at every call; the 3-channel first convolution stays float "
-        "(BENCHMARKS.md: 1.14x -> 1.8x vs FP32 at batch 1 on a VNNI Xeon, and no top-1 drop)",
+        "only the projections (Gemm/MatMul with weights) are quantized; the attention core stays float",
+        "the convolution stem stays float: with Q/DQ on its inputs only, ONNX Runtime ran the convs in float "
+        "on weights dequantized at every call (slower than FP32), and a QLinearConv stem is no faster "
+        "than FP32 convs without VNNI (BENCHMARKS.md)",
+        "residual Adds read the float residual stream, not its quantize-dequantize copy (no DequantizeLinear "
+        "runs)",
+    ),
+)
+
+ORT_VNNI_PROFILE = dataclasses.replace(
+    ORT_PROFILE,
+    name="ort-vnni",
+    quantize_convs=True,
+    quantize_conv_outputs=True,
+    float_input_conv=True,
+    why=(
+        *ORT_PROFILE.why[:3],
+        ORT_PROFILE.why[4],
+        "for AVX-512 VNNI / AMX CPUs: the stem runs as QLinearConv chains (quantized Conv outputs), the "
+        "3-channel first conv in float; LeViT-128S batch 1 on one thread of a VNNI Xeon 1.79x FP32 vs "
+        "1.75x for the float stem, LeViT-384 2.93x vs 2.24x (BENCHMARKS.md); no faster without VNNI",
     ),
 )
 
@@ -127,4 +152,5 @@ TRT_PROFILE = QuantProfile(
     ),
 )
 
-PROFILES = {p.name: p for p in (ORT_PROFILE, TRT_PROFILE)}
+PROFILES = {p.name: p for p in (ORT_PROFILE, ORT_VNNI_PROFILE, TRT_PROFILE)}
+ORT_PROFILES = {name: p for name, p in PROFILES.items() if name.startswith("ort")}

@@ -74,6 +74,8 @@ def quantize(
             calibration_cache_path=str(cache),
         )
         qmodel = onnx.load(str(tmp_out))
+    if profile.float_bypass:
+        bypass_unquantized_consumers(qmodel, set(nodes))
     qmodel.producer_name = "levit-edge"
     del qmodel.metadata_props[:]
     props = {p.key: p.value for p in model.metadata_props}
@@ -86,3 +88,47 @@ def quantize(
     write_atomic(out, qmodel.SerializeToString(deterministic=True))
     pairs = sum(1 for n in qmodel.graph.node if n.op_type == "QuantizeLinear")
     return QuantResult(out, profile.name, len(nodes), tuple(sorted(set(selected) - set(nodes))), pairs)
+
+
+def bypass_unquantized_consumers(model: onnx.ModelProto, quantized: set[str]) -> int:
+    """Let nodes outside ``quantized`` read an activation's float tensor instead of its Q/DQ copy.
+
+    The QDQ quantizer puts one QuantizeLinear -> DequantizeLinear pair on a tensor and hands the dequantized
+    copy to every consumer: a residual Add beside a quantized Gemm then adds a fake-quantized residual, and
+    ONNX Runtime has to run that DequantizeLinear (it only fuses the ones feeding quantized ops). Returns the
+    number of inputs rewired; pairs left without consumers are removed.
+    """
+    inits = {i.name for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    outputs = {o.name for o in model.graph.output}
+    rewired = 0
+    for node in model.graph.node:
+        if node.name in quantized or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producer.get(dq.input[0])
+            if q is None or q.op_type != "QuantizeLinear" or q.input[0] in inits:
+                continue
+            source = producer.get(q.input[0])
+            if source is not None and source.name in quantized:
+                # A quantized producer (Gemm) whose output feeds Q and another node is left unfused by ONNX
+                # Runtime; with Q its only consumer it becomes a QGemm with a uint8 output.
+                continue
+            node.input[i] = q.input[0]
+            rewired += 1
+    used = {i for n in model.graph.node for i in n.input} | outputs
+    while True:  # drop pairs nobody reads any more (DQ first, then its Q)
+        dead = [
+            n
+            for n in model.graph.node
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not any(o in used for o in n.output)
+        ]
+        if not dead:
+            break
+        for n in dead:
+            model.graph.node.remove(n)
+        used = {i for n in model.graph.node for i in n.input} | outputs
+    return rewired
