@@ -31,6 +31,7 @@ from levit_edge.export.onnx import (
     package_versions,
     verify_with_onnxruntime,
 )
+from levit_edge.export.ort_format import OrtFormatResult, convert_to_ort, ort_format_runners, split_parity
 from levit_edge.model.fuse import check_parity, fuse_levit
 from levit_edge.model.load import LoadedModel, ModelSpec, load_model
 from levit_edge.quant.calibrate import CALIBRATION_FILE, Calibration, calibrate, describe
@@ -221,6 +222,14 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
                 with timer.stage("check-trt"):
                     _require_trt_ready(run.dir / TRT_FILE)
 
+        ort_format: OrtFormatResult | None = None
+        if job.targets.ort_format:  # firmware deliverables: .ort models + reduced-build operator configs
+            with timer.stage("ort-format"):
+                sources = {"int8.ort": run.dir / ORT_FILE} if job.targets.ort_int8 else {}
+                if job.targets.ort_format_fp32:
+                    sources["fp32"] = fp32_path
+                ort_format = convert_to_ort(sources, run.dir, images, job.runtime.threads)
+
         engine_reason: str | None = None
         engine_info: dict[str, Any] = {}
         trtexec = ""
@@ -234,15 +243,21 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
                 }
 
         evaluation: Evaluation | None = None
+        format_parity: dict[str, Any] = {}
         if val_source is not None:
             with timer.stage("validate"):
+                runners = _runners(run.dir, job, engine_reason is None and job.targets.trt_engine)
+                if ort_format is not None:
+                    runners.update(ort_format_runners(ort_format, job.runtime.threads))
                 evaluation = evaluate(
-                    _runners(run.dir, job, engine_reason is None and job.targets.trt_engine),
+                    runners,
                     val_source,
                     preprocess,
                     job.runtime.batch_size,
                     timer.progress("validate"),
                 )
+                if ort_format is not None:
+                    evaluation, format_parity = split_parity(evaluation, ort_format)
         gate = apply_gate(evaluation.comparisons("fp32"), job.gate) if evaluation else None
         status = _status(gate, engine_reason, job)
         report = build_report(
@@ -263,6 +278,8 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
             trtexec=trtexec,
             files={k: run.dir / f for k, f in ARTIFACT_FILES.items() if (run.dir / f).exists()},
         )
+        if ort_format is not None:
+            report["firmware"] = {**ort_format.describe(), "parity": format_parity or None}
         write_reports(run.dir, report)
         write_manifest(run.dir, manifest_body(job, report))
         final = run.commit()

@@ -76,15 +76,20 @@ class Targets:
     names: frozenset[str] = field(default_factory=lambda: frozenset({"onnx"}))
     int8: bool = False
     engine: bool = True  # with trt: also build the engine here (False: the two-step CPU-host pipeline)
+    ort_format_fp32: bool = False  # with ort: also write model.fp32.ort (ONNX Runtime format)
+
+    def __post_init__(self) -> None:
+        if self.ort_format_fp32 and "ort" not in self.names:
+            raise UserError("--ort-format-fp32 writes an ONNX Runtime model: use --target ort or all")
 
     @classmethod
-    def parse(cls, target: str, int8: bool, engine: bool = True) -> Targets:
+    def parse(cls, target: str, int8: bool, engine: bool = True, ort_format_fp32: bool = False) -> Targets:
         if target not in TARGETS:
             raise UserError(f"--target must be one of {', '.join(TARGETS)}, got '{target}'")
         names = {"ort", "trt"} if target == "all" else {target}
         if target == "trt" and not int8:
             raise UserError("--target trt builds an INT8 TensorRT model: add --int8")
-        return cls(frozenset(names), int8, engine)
+        return cls(frozenset(names), int8, engine, ort_format_fp32)
 
     @property
     def ort_int8(self) -> bool:
@@ -97,6 +102,11 @@ class Targets:
     @property
     def trt_engine(self) -> bool:
         return self.trt_int8 and self.engine
+
+    @property
+    def ort_format(self) -> bool:
+        """ONNX Runtime format models (.ort) and reduced-build operator configs are written."""
+        return self.ort_int8 or ("ort" in self.names and self.ort_format_fp32)
 
 
 # ---- config files ---------------------------------------------------------------------------------
@@ -126,6 +136,7 @@ CONFIG_KEYS: dict[str, tuple[type, ...]] = {
     "seed": (int,),
     "trt_fp16": (bool,),
     "ort_profile": (str,),
+    "ort_format_fp32": (bool,),
     "engine": (bool,),
     "out": (str,),
     "name": (str,),

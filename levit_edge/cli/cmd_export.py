@@ -97,6 +97,13 @@ def export_cli(
         help="TensorRT model: float regions in FP16.",
         rich_help_panel=_QUANT,
     ),
+    ort_format_fp32: bool | None = typer.Option(
+        None,
+        "--ort-format-fp32/--no-ort-format-fp32",
+        help="With ort: also write model.fp32.ort (ONNX Runtime format; model.int8.ort is always written "
+        "with --int8) and cover it in required_operators*.config.",
+        rich_help_panel=_QUANT,
+    ),
     engine: bool | None = typer.Option(
         None,
         "--engine/--no-engine",
@@ -156,7 +163,12 @@ def export_cli(
             pretrained=p(pretrained, "pretrained", False),
         ),
         export=ExportSettings(opset=p(opset, "opset", DEFAULT_OPSET), batch=p(batch, "batch", None)),
-        targets=Targets.parse(p(target, "target", "onnx"), p(int8, "int8", False), p(engine, "engine", True)),
+        targets=Targets.parse(
+            p(target, "target", "onnx"),
+            p(int8, "int8", False),
+            p(engine, "engine", True),
+            p(ort_format_fp32, "ort_format_fp32", False),
+        ),
         calib=DataSpec(calib_path, data_root_path, quant.calib_size, seed_value, skip)
         if calib_path
         else None,
