@@ -628,6 +628,116 @@ def _engine(report: Mapping[str, Any]) -> Section | None:
     return sec
 
 
+def _types_text(types: Any) -> str:
+    """Operator types from a reduced-build config entry as short text: ``in0: uint8_t; out0: float``."""
+    parts = [
+        f"{short}{index}: {', '.join(str(t) for t in _seq(names))}"
+        for kind, short in (("inputs", "in"), ("outputs", "out"))
+        for index, names in sorted(_map(_map(types).get(kind)).items(), key=lambda kv: str(kv[0]))
+    ]
+    if _map(types).get("custom"):
+        parts.append(f"custom: {_fmt(_map(types)['custom'])}")
+    return "; ".join(parts) or "all (no type reduction for this op)"
+
+
+def _firmware(report: Mapping[str, Any]) -> Section | None:
+    fw = _map(report.get("firmware"))
+    if not fw:
+        return None
+    sec = Section("Firmware deliverables (ONNX Runtime format)")
+    sec.blocks.append(
+        _kv(
+            [
+                ("format", fw.get("format")),
+                (
+                    "converter",
+                    f"{_fmt(fw.get('converter'))} (onnxruntime {_fmt(fw.get('onnxruntime_version'))})",
+                ),
+                (
+                    "optimization",
+                    f"{_fmt(fw.get('optimization_style'))}, level {_fmt(fw.get('optimization_level'))}",
+                ),
+                ("target platform", fw.get("target_platform")),
+                ("type reduction", fw.get("type_reduction")),
+                ("operators", fw.get("operator_count")),
+                (
+                    "domains and opsets",
+                    "; ".join(f"{d}: {_fmt(v)}" for d, v in _map(fw.get("domains")).items()),
+                ),
+            ]
+        )
+    )
+    models = _map(fw.get("models"))
+    if models:
+        rows = []
+        for name, m in models.items():
+            m, check = _map(m), _map(_map(m).get("check"))
+            verdict = DASH
+            if check:
+                same = (
+                    "identical"
+                    if check.get("identical")
+                    else f"max diff {_fixed(check.get('max_abs_diff'), 6)}"
+                )
+                verdict = f"{same} vs {_fmt(check.get('against'))}"
+            rows.append(
+                (str(name), _fmt(m.get("source")), _mb(m.get("size")), _mb(m.get("source_size")), verdict)
+            )
+        sec.blocks += [
+            Sub("Model files"),
+            Table(("file", "from", "size (MB)", "source size (MB)", "load-and-run check"), tuple(rows)),
+        ]
+    configs = _map(fw.get("configs"))
+    if configs:
+        sec.blocks += [Sub("Operator configs"), _kv(list(configs.items()), ("file", "bytes"))]
+    ops = [_map(o) for o in _seq(fw.get("operators"))]
+    if ops:
+        op_rows = tuple(
+            (
+                _fmt(o.get("domain")),
+                _fmt(o.get("opset")),
+                _fmt(o.get("op")),
+                _types_text(o.get("types")),
+                ", ".join(str(m) for m in _seq(o.get("models"))) or DASH,
+            )
+            for o in ops
+        )
+        sec.blocks += [
+            Sub("Operators a reduced build needs"),
+            Table(("domain", "opset", "operator", "types", "models"), op_rows),
+        ]
+    parity = _map(fw.get("parity"))
+    if parity:
+        p_rows = tuple(
+            (
+                str(name),
+                _fmt(_map(p).get("against")),
+                _fmt(_map(p).get("n")),
+                _fixed(_map(p).get("max_abs_diff"), 6),
+                f"{_fixed(_map(p).get('argmax_agreement'))}%",
+                _fixed(_map(p).get("p50_ms")),
+            )
+            for name, p in parity.items()
+        )
+        sec.blocks += [
+            Sub("Outputs on the validation set"),
+            Table(("file", "against", "images", "max abs diff", "same top-1", "p50 ms/batch"), p_rows),
+        ]
+    if fw.get("build"):
+        sec.blocks += [
+            Para(
+                "Minimal ONNX Runtime build with only these operators and types (in an onnxruntime checkout):"
+            ),
+            Code(str(fw["build"])),
+        ]
+    notes = [str(fw[k]) for k in ("runtime_version_note", "parity_note") if fw.get(k)]
+    if fw.get("deterministic_bytes") is False:
+        notes.append("the .ort bytes can differ between conversions (same content); the configs are stable")
+    if notes:
+        sec.blocks.append(Bullets(tuple(notes)))
+    return sec
+
+
 def _stages(report: Mapping[str, Any]) -> Section | None:
     stages = _map(report.get("stages"))
     if not stages:
@@ -722,7 +832,7 @@ KNOWN = {
     "schema_version", "levit_edge_version", "status", "run", "model", "preprocess", "parity", "artifacts",
     "sizes", "thresholds", "stages", "environment", "trtexec", "options", "calibration", "quantization",
     "engine", "validation", "accuracy", "drop", "agreement", "kl", "cosine", "per_class",
-    "confusion_changes", "latency", "gate", "bench", "sensitivity", "fallback",
+    "confusion_changes", "latency", "gate", "bench", "sensitivity", "fallback", "firmware",
 }  # fmt: skip
 
 
@@ -740,6 +850,7 @@ def build_document(report: Mapping[str, Any], plots: bool = True) -> Document:
         lambda: _sensitivity(report, plots),
         lambda: _fallback(report, plots),
         lambda: _engine(report),
+        lambda: _firmware(report),
         lambda: _stages(report),
         lambda: _model(report),
         lambda: _environment(report),
