@@ -58,8 +58,15 @@ def model_args(fx: Fixture) -> list[str]:
     ]
 
 
+def engine_missing() -> str | None:
+    from levit_edge.backends.tensorrt import tensorrt_unavailable_reason
+
+    return tensorrt_unavailable_reason()
+
+
 @pytest.fixture(scope="module")
 def int8_run(trained_fixture: Fixture, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``--target all`` with the engine requested: exit 4 where TensorRT/GPU are missing, else 0."""
     data = trained_fixture[0]
     out = tmp_path_factory.mktemp("int8")
     proc = cli(
@@ -67,7 +74,6 @@ def int8_run(trained_fixture: Fixture, tmp_path_factory: pytest.TempPathFactory)
         "--int8",
         "--target",
         "all",
-        "--no-engine",
         *model_args(trained_fixture),
         "--calib",
         data.calib,
@@ -78,8 +84,14 @@ def int8_run(trained_fixture: Fixture, tmp_path_factory: pytest.TempPathFactory)
         "--name",
         "run",
     )
-    assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
+    if engine_missing():
+        assert proc.returncode == 4, proc.stderr
+        line = proc.stderr.strip()
+        assert line.startswith("error: TensorRT engine not built") and "build-engine" in line
+        assert len(line.splitlines()) == 1
+    else:
+        assert proc.returncode == 0, proc.stderr
     return out / "run"
 
 
@@ -105,7 +117,7 @@ def own_top1(model_path: Path, data: DatasetPaths) -> float:
 
 def test_fp32_and_int8_accuracy(int8_run: Path, trained_fixture: Fixture) -> None:
     rep = report(int8_run)
-    assert rep["status"] == "passed"
+    assert rep["status"] == ("no-engine" if engine_missing() else "passed")
     acc = rep["accuracy"]
     assert acc["fp32"]["top1"] >= 90.0
     for artifact in ("int8.ort", "int8.trt"):
@@ -148,7 +160,17 @@ def test_manifest_hashes_every_file(int8_run: Path) -> None:
     for name, entry in manifest["files"].items():
         assert entry["sha256"] == sha256_file(int8_run / name)
         assert entry["size"] == (int8_run / name).stat().st_size
-    assert manifest["status"] == "passed"
+    assert manifest["status"] == ("no-engine" if engine_missing() else "passed")
+    if engine_missing():
+        # Everything but the engine was produced.
+        assert {
+            "model.fp32.onnx",
+            "calibration.json",
+            "model.int8.ort.onnx",
+            "model.int8.trt.onnx",
+        } <= on_disk
+        assert "model.int8.plan" not in on_disk
+        assert json.loads((int8_run / "report.json").read_text())["engine"]["reason"]
     assert manifest["command"][:2] == ["levit-edge", "export"]
     proc = cli("verify", int8_run)
     assert proc.returncode == 0, proc.stderr
@@ -169,6 +191,16 @@ def test_quantized_models_follow_their_profiles(int8_run: Path) -> None:
         for n in ort_model.graph.node
     )
     assert check_trt_ready(int8_run / "model.int8.trt.onnx") == []
+
+
+def test_build_engine_without_tensorrt_exits_4_with_the_trtexec_line(int8_run: Path) -> None:
+    if not engine_missing():
+        pytest.skip("TensorRT and a GPU are present: the engine test in test_tensorrt_backend covers it")
+    proc = cli("build-engine", int8_run / "model.int8.trt.onnx")
+    assert proc.returncode == 4
+    assert "trtexec --onnx=" in proc.stdout
+    assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+    assert not (int8_run / "model.int8.plan").exists()
 
 
 def test_quantization_reuses_the_saved_calibration(int8_run: Path, tmp_path: Path) -> None:
