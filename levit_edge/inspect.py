@@ -10,6 +10,7 @@ import onnx
 
 from levit_edge.errors import UserError
 from levit_edge.export.onnx import load_onnx, op_histogram, read_metadata
+from levit_edge.export.ort_format import is_firmware_file, operators_of
 from levit_edge.report.manifest import MANIFEST, read_json
 
 
@@ -61,6 +62,7 @@ def describe_run(path: Path) -> dict[str, Any]:
         "status": manifest.get("status"),
         "model": manifest.get("model", {}).get("name"),
         "files": manifest["files"],
+        "firmware": sorted(name for name in manifest["files"] if is_firmware_file(name)),
         "command": manifest.get("command"),
         "versions": manifest.get("versions"),
     }
@@ -81,6 +83,7 @@ def describe_ort_format(path: Path) -> dict[str, Any]:
         "inputs": [{"name": i.name, "shape": list(i.shape), "type": i.type} for i in session.get_inputs()],
         "outputs": [{"name": o.name, "shape": list(o.shape), "type": o.type} for o in session.get_outputs()],
         "metadata": dict(meta.custom_metadata_map),
+        "operators": [op.to_dict() for op in operators_of([path])],
     }
 
 

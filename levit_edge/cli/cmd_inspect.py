@@ -23,9 +23,10 @@ def inspect_cli(
     if as_json:
         console.print_json(json.dumps(info, default=str))
     elif info["kind"] == "run":
-        table = Table("file", "size", "sha256", title=f"{info['path']} ({info['status']})")
+        table = Table("file", "size", "sha256", "", title=f"{info['path']} ({info['status']})")
         for name, entry in info["files"].items():
-            table.add_row(name, f"{entry['size']:,}", entry["sha256"])
+            mark = "firmware" if name in info.get("firmware", ()) else ""
+            table.add_row(name, f"{entry['size']:,}", entry["sha256"], mark)
         console.print(table)
     else:
         for key in ("inputs", "outputs"):
@@ -36,12 +37,23 @@ def inspect_cli(
             for op, count in info["ops"].items():
                 table.add_row(op, str(count))
             console.print(table)
+        if info.get("operators"):
+            table = Table("domain", "opset", "operator", "types", title="operators a reduced build needs")
+            for op in info["operators"]:
+                table.add_row(
+                    op["domain"],
+                    str(op["opset"]),
+                    op["op"],
+                    json.dumps(op["types"]) if op["types"] else "all",
+                )
+            console.print(table)
         for key, value in info["metadata"].items():
             console.print(
                 f"{key}: {json.dumps(value) if not isinstance(value, str) else value}", markup=False
             )
     if info["kind"] == "run":
-        summary(f"run {info['path']}: {len(info['files'])} files, status {info['status']}")
+        firmware = f" ({len(info['firmware'])} firmware)" if info.get("firmware") else ""
+        summary(f"run {info['path']}: {len(info['files'])} files{firmware}, status {info['status']}")
     elif info["kind"] == "onnx":
         summary(
             f"{path}: {info['nodes']} nodes, {info['quantize_linear']} QuantizeLinear / "
@@ -49,5 +61,6 @@ def inspect_cli(
         )
     else:
         summary(
-            f"{path}: ONNX Runtime format model, {info['size'] / 1e6:.1f} MB, sha256 {info['sha256'][:16]}"
+            f"{path}: ONNX Runtime format model, {info['size'] / 1e6:.1f} MB, "
+            f"{len(info['operators'])} operators, sha256 {info['sha256'][:16]}"
         )

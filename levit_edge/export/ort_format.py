@@ -26,7 +26,7 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -350,6 +350,22 @@ def convert_to_ort(
         operators=operators,
         onnxruntime_version=onnxruntime.__version__,
     )
+
+
+def is_firmware_file(name: str) -> bool:
+    """A firmware deliverable of a run: an ``.ort`` model or a reduced-build operator config."""
+    return name.endswith(".ort") or (name.startswith("required_operators") and name.endswith(".config"))
+
+
+def operators_of(models: Sequence[Path]) -> tuple[Operator, ...]:
+    """The operators (with types) that ``.ort`` models need, read by onnxruntime's own config writer."""
+    from onnxruntime.tools.ort_format_model import create_config_from_models
+
+    with tempfile.TemporaryDirectory(prefix="levit-edge-ops-") as tmp:
+        config = Path(tmp) / TYPES_CONFIG
+        with _quiet():
+            create_config_from_models(list(models), config, True)
+        return tuple(parse_config(config.read_text()))
 
 
 def ort_format_runners(result: OrtFormatResult, threads: int | None) -> dict[str, Runner]:
