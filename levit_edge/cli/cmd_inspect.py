@@ -22,7 +22,8 @@ def inspect_cli(
     info = inspect_path(path)
     if as_json:
         console.print_json(json.dumps(info, default=str))
-    elif info["kind"] == "run":
+        return  # stdout stays one JSON document
+    if info["kind"] == "run":
         table = Table("file", "size", "sha256", "", title=f"{info['path']} ({info['status']})")
         for name, entry in info["files"].items():
             mark = "firmware" if name in info.get("firmware", ()) else ""
