@@ -89,6 +89,8 @@ class Targets:
         names = {"ort", "trt"} if target == "all" else {target}
         if target == "trt" and not int8:
             raise UserError("--target trt builds an INT8 TensorRT model: add --int8")
+        if target == "onnx" and int8:
+            raise UserError("--int8 needs --target ort, trt or all (--target onnx writes only the FP32 model)")
         return cls(frozenset(names), int8, engine, ort_format_fp32)
 
     @property
