@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import socket
+import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -103,7 +104,10 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], str]:
         except (SafetensorError, OSError, ValueError) as exc:
             raise UserError(f"cannot read safetensors checkpoint {path}: {exc}") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # e.g. "Detected pickle protocol 4": stderr carries only the one error line (if any)
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         # Only a class/function reference (GLOBAL) means stored Python objects; other weights-only
