@@ -114,8 +114,8 @@ ORT_PROFILE = QuantProfile(
         "26 top-1 points on LeViT-128S; VNNI and ARM lose nothing by it",
         "only the projections (Gemm/MatMul with weights) are quantized; the attention core stays float",
         "the convolution stem stays float: with Q/DQ on its inputs only, ONNX Runtime ran the convs in float "
-        "on weights dequantized at every call (slower than FP32), and a QLinearConv stem is no faster "
-        "than FP32 convs without VNNI (BENCHMARKS.md)",
+        "on weights dequantized at every call (slower than FP32); a QLinearConv stem (ort-vnni) ties with "
+        "the float stem without VNNI and loses to it with 16 threads (BENCHMARKS.md)",
         "residual Adds read the float residual stream, not its quantize-dequantize copy (no DequantizeLinear "
         "runs)",
     ),
@@ -130,9 +130,10 @@ ORT_VNNI_PROFILE = dataclasses.replace(
     why=(
         *ORT_PROFILE.why[:3],
         ORT_PROFILE.why[4],
-        "for AVX-512 VNNI / AMX CPUs: the stem runs as QLinearConv chains (quantized Conv outputs), the "
-        "3-channel first conv in float; LeViT-128S batch 1 on one thread of a VNNI Xeon 1.79x FP32 vs "
-        "1.75x for the float stem, LeViT-384 2.93x vs 2.24x (BENCHMARKS.md); no faster without VNNI",
+        "for AVX-512 VNNI / AMX CPUs at one thread: the stem runs as QLinearConv chains (quantized Conv "
+        "outputs), the 3-channel first conv in float; batch 1 on one thread of a VNNI Xeon, x FP32: "
+        "LeViT-128S 1.49-1.96 vs 1.61-1.87 for the float stem, LeViT-384 2.45-2.93 vs 2.06-2.24 "
+        "(BENCHMARKS.md); slower than the float stem with 16 threads",
     ),
 )
 
