@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
+import re
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from levit_edge.errors import UserError
@@ -17,6 +23,11 @@ from levit_edge.model.load import sha256_file
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
+# Write failures that are the environment's, not a bug: full disk, quota, file-size limit, read-only
+# file system, permissions. They become one clear UserError line (and the staged run is removed).
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+_PARTIAL = re.compile(r"\.(?P<name>.+)\.partial-")
+_DEFERRED_SIGNALS = tuple(getattr(signal, s) for s in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, s))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -27,20 +38,58 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(root: Path) -> None:
+    """fsync every regular file under ``root`` and every folder, so a rename publishes durable bytes."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def write_error(path: Path, exc: OSError) -> UserError:
+    """One clear line for an environmental write failure (disk full, quota, size limit, read-only...).
+
+    A file inside a staged ``.NAME.partial-*`` directory is named by the run it was going to be part of.
+    """
+    where = str(path)
+    match = _PARTIAL.match(path.parent.name)
+    if match:
+        where = f"{path.name} of run {path.parent.parent / match['name']}"
+    code = errno.errorcode.get(exc.errno or 0, "")
+    return UserError(f"cannot write {where}: {exc.strerror or exc}{f' [{code}]' if code else ''}")
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it into place."""
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it into place.
+
+    A full disk (or quota, file-size limit, read-only file system) raises a UserError naming the file;
+    the temporary file is removed and an existing ``path`` is left as it was.
+    """
     payload = data.encode() if isinstance(data, str) else data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if exc.errno in WRITE_ERRNOS:
+            raise write_error(path, exc) from None
+        raise
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            raise write_error(path, exc) from None
         raise
     _fsync_dir(path.parent)
 
@@ -85,66 +134,181 @@ def write_manifest(run_dir: Path, body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def verify_manifest(run_dir: Path) -> list[str]:
-    """Re-hash every file the manifest lists; return one line per mismatch (empty when all match)."""
+    """Re-hash every file the manifest lists; return one line per mismatch (empty when all match).
+
+    Anything else in the run directory (an added file, hidden or not, a folder, a link) is a mismatch
+    too; a manifest that is not a levit-edge manifest is a UserError.
+    """
     manifest = read_json(run_dir / MANIFEST)
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(e, dict) and isinstance(e.get("sha256"), str) and isinstance(e.get("size"), int)
+        for e in files.values()
+    ):
+        raise UserError(
+            f"{run_dir / MANIFEST} is not a levit-edge manifest ('files' must map names to sha256/size)"
+        )
     problems = []
-    for name, entry in sorted(manifest.get("files", {}).items()):
+    for name, entry in sorted(files.items()):
+        if not name or "/" in name or "\\" in name or name in (".", "..", MANIFEST):
+            problems.append(f"{name!r}: not a plain file name of the run directory")
+            continue
         path = run_dir / name
-        if not path.is_file():
-            problems.append(f"{name}: missing")
+        if path.is_symlink() or not path.is_file():
+            problems.append(f"{name}: {'a link, not a file' if path.is_symlink() else 'missing'}")
             continue
         actual = file_entry(path)
-        if actual["size"] != entry.get("size") or actual["sha256"] != entry.get("sha256"):
+        if actual["size"] != entry["size"]:
+            problems.append(f"{name}: size {actual['size']} does not match the manifest's {entry['size']}")
+        elif actual["sha256"] != entry["sha256"]:
             problems.append(f"{name}: sha256 {actual['sha256'][:12]}... does not match the manifest")
-    listed = set(manifest.get("files", {}))
-    extra = [n for n in hash_files(run_dir) if n not in listed]
+    extra = sorted(p.name for p in run_dir.iterdir() if p.name not in files and p.name != MANIFEST)
     problems.extend(f"{name}: not listed in the manifest" for name in extra)
     return problems
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP until the block ends (a rename and its fsyncs are never cut in half).
+
+    A signal that arrives meanwhile is re-raised right after the block. Only the main thread can install
+    handlers; elsewhere this does nothing (SIGKILL can never be deferred: see :meth:`StagedRun.commit`).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def defer(signum: int, _frame: FrameType | None) -> None:
+        pending.append(signum)
+
+    previous = {s: signal.signal(s, defer) for s in _DEFERRED_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if pending:
+            signal.raise_signal(pending[0])
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system cannot, so the caller falls back to two renames."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
 class StagedRun:
     """A run directory built under a hidden temporary name and renamed into place when complete.
 
     An interrupted run leaves only a hidden ``.NAME.partial-*`` directory (cleaned up on the next run of
-    the same name); an existing run is replaced only with ``force`` and only once the new one is complete.
+    the same name); an existing run is replaced only with ``force`` and only once the new one is complete,
+    by an atomic swap where the system has one: at every instant ``out/NAME`` is the old complete run or the
+    new complete run, even under SIGKILL or a power cut.
     """
 
-    def __init__(self, out: Path, name: str, force: bool) -> None:
-        if not name or "/" in name or name in (".", "..") or name.startswith("."):
+    @staticmethod
+    def check_name(name: str) -> None:
+        """UserError unless ``name`` is a plain, visible directory name (no path, no leading dot)."""
+        if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
             raise UserError(f"--name must be a plain directory name, got '{name}'")
+
+    def __init__(self, out: Path, name: str, force: bool) -> None:
+        self.check_name(name)
         self.final = out / name
         self.force = force
+        if out.is_dir():
+            self._recover(out, name)
         if self.final.exists() and not force:
             raise UserError(f"run directory {self.final} already exists; pass --force to replace it")
         if self.final.exists() and not self.final.is_dir():
             raise UserError(f"{self.final} exists and is not a directory")
+        # Output folders made here are removed again with a discarded run: a failure leaves nothing.
+        self._created = [p for p in (out, *out.parents) if not p.exists()][::-1]
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create output directory {out}: {exc.strerror}") from None
-        if not os.access(out, os.W_OK | os.X_OK):
-            raise UserError(f"output directory {out} is not writable")
-        for stale in out.glob(f".{name}.partial-*"):
-            if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
-                shutil.rmtree(stale, ignore_errors=True)
-        self.dir = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", suffix=f"-{os.getpid()}", dir=out))
+        self.committed = False
+        try:
+            if not os.access(out, os.W_OK | os.X_OK):
+                raise UserError(f"output directory {out} is not writable")
+            for stale in out.glob(f".{name}.partial-*"):
+                if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
+                    shutil.rmtree(stale, ignore_errors=True)
+            try:
+                self.dir = Path(
+                    tempfile.mkdtemp(prefix=f".{name}.partial-", suffix=f"-{os.getpid()}", dir=out)
+                )
+            except OSError as exc:
+                if exc.errno in WRITE_ERRNOS:
+                    raise UserError(f"cannot write to output directory {out}: {exc.strerror}") from None
+                raise
+        except BaseException:
+            self._remove_created()
+            raise
+
+    def _remove_created(self) -> None:
+        for folder in reversed(self._created):
+            with contextlib.suppress(OSError):  # not empty (another run wrote there meanwhile)
+                folder.rmdir()
+
+    @staticmethod
+    def _recover(out: Path, name: str) -> None:
+        """Put back a previous run left renamed aside by a replacement that died half-way (only where the
+        atomic swap is missing), and drop such leftovers when the run itself is in place."""
+        final = out / name
+        for old in sorted(out.glob(f".{name}.old-*")):
+            if _pid_alive(old.name.rsplit("-", 1)[-1]):
+                continue
+            if not final.exists() and (old / MANIFEST).is_file():
+                os.rename(old, final)
+            else:
+                shutil.rmtree(old, ignore_errors=True)
 
     def commit(self) -> Path:
-        """Move the finished run into place (replacing an old one only now) and return its path."""
-        _fsync_dir(self.dir)
-        old: Path | None = None
-        if self.final.exists():
-            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}-{int(time.time())}")
-            os.rename(self.final, old)
-        os.rename(self.dir, self.final)
-        _fsync_dir(self.final.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        """Move the finished run into place (replacing an old one only now) and return its path.
+
+        Every file is fsynced first; SIGINT/SIGTERM are held until the run is in place.
+        """
+        with signals_deferred():
+            shutil.rmtree(self.dir / TMP_DIR, ignore_errors=True)
+            _fsync_tree(self.dir)
+            old: Path | None = None
+            if self.final.exists():
+                if _exchange(self.dir, self.final):
+                    old = self.dir  # the staged name now holds the previous run
+                else:
+                    old = self.final.with_name(f".{self.final.name}.old-{int(time.time())}-{os.getpid()}")
+                    os.rename(self.final, old)
+                    os.rename(self.dir, self.final)
+            else:
+                os.rename(self.dir, self.final)
+            _fsync_dir(self.final.parent)
+            self.committed = True
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
         return self.final
 
     def discard(self) -> None:
-        """Remove the partial run."""
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """Remove the partial run (never the committed one)."""
+        if self.committed:
+            return
+        with signals_deferred():
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self._remove_created()
 
 
 def _pid_alive(text: str) -> bool:
@@ -161,12 +325,46 @@ def _pid_alive(text: str) -> bool:
     return pid != os.getpid()
 
 
+TMP_DIR = ".tmp"
+
+
 @contextlib.contextmanager
 def staged_run(out: Path, name: str, force: bool) -> Iterator[StagedRun]:
-    """Context manager: the run is committed on success and discarded on any exception."""
+    """Context manager: the run is discarded on any exception (the body commits it when complete).
+
+    Meanwhile :mod:`tempfile` puts its files in the staged directory (``.tmp``), so that scratch models of
+    calibration and quantization go wherever the run goes, and whatever a SIGKILL leaves behind is removed
+    with the stale partial run.
+    """
     run = StagedRun(out, name, force)
+    saved = tempfile.tempdir
     try:
+        (run.dir / TMP_DIR).mkdir()
+        tempfile.tempdir = str(run.dir / TMP_DIR)
         yield run
+    except BaseException:
+        run.discard()
+        raise
+    finally:
+        tempfile.tempdir = saved
+
+
+@contextlib.contextmanager
+def staged_update(run_dir: Path) -> Iterator[Path]:
+    """Rewrite some files of a finished run as one step: yields a staged copy of ``run_dir`` (hard links,
+    so nothing big is copied; write into it with :func:`write_atomic`, which replaces rather than edits),
+    then swaps it into place. An interruption leaves the run exactly as it was, never a report that its
+    manifest does not match."""
+    run = StagedRun(run_dir.parent, run_dir.name, force=True)
+    try:
+        for entry in sorted(run_dir.iterdir()):
+            if entry.is_file() and not entry.is_symlink():
+                try:
+                    os.link(entry, run.dir / entry.name)
+                except OSError:
+                    shutil.copy2(entry, run.dir / entry.name)
+        yield run.dir
+        run.commit()
     except BaseException:
         run.discard()
         raise
