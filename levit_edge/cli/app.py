@@ -1,13 +1,19 @@
 """The Typer application: one small module per command, each parsing, calling the library, printing.
 
 Library code raises :class:`~levit_edge.errors.UserError` (exit 1), :class:`AccuracyGateFailed` (exit 3)
-or :class:`EngineUnavailable` (exit 4); ``main`` turns those into one clear line and the exit code.
+or :class:`EngineUnavailable` (exit 4); ``main`` turns those into one clear line and the exit code, as it
+does with an environmental write failure (full disk, quota, read-only file system: exit 1). SIGINT, SIGTERM
+and SIGHUP unwind the command like Ctrl-C (a staged run is removed) and exit 128 + the signal number.
 Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import errno
+import signal
 import sys
+from types import FrameType
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -42,22 +48,75 @@ def _root(
     """levit-edge command line."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Raised in the main thread by SIGINT, SIGTERM or SIGHUP, so that each unwinds the command like Ctrl-C
+    (a staged run is removed) and the exit code says which signal it was."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_received: list[int] = []  # signals turned into Interrupted during this command
+
+
+def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    _received.append(signum)
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> None:
+    """SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` (SIGTERM's and SIGHUP's defaults end the
+    process at once, leaving partial files). A signal the parent set to be ignored (``nohup``, a background
+    job of a script) stays ignored."""
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _raise_interrupted)
+
+
+# OSError numbers that mean "the environment refused a write", not a bug.
+_ENVIRONMENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE}
+)
+
+
+def _describe_os_error(exc: OSError) -> str:
+    code = errno.errorcode.get(exc.errno or 0, "")
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{f' [{code}]' if code else ''}{where}"
+
+
+def _interrupted(exc: KeyboardInterrupt) -> NoReturn:
+    """One line on stderr, exit 128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
+    signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+    err_console.print(f"interrupted by {signal.Signals(signum).name}", markup=False)
+    sys.exit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app and map library exceptions to exit codes."""
     _register_commands()
+    install_signal_handlers()
     try:
         rc = app(args=argv, standalone_mode=False)
     except (UserError, AccuracyGateFailed, EngineUnavailable) as exc:
         err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
+        if _received:
+            _interrupted(Interrupted(_received[0]))
         sys.exit(exc.exit_code)
     except typer.Abort:
         err_console.print("aborted", markup=False)
         sys.exit(130)
-    except KeyboardInterrupt:
-        err_console.print("interrupted", markup=False)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        err_console.print(f"error: {_describe_os_error(exc)}", markup=False, soft_wrap=True)
+        sys.exit(1)
     except typer.TyperException as exc:
         # Usage errors (unknown option, missing argument, bad value): Typer's own message, exit 2.
         show = getattr(exc, "show", None)
@@ -65,6 +124,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         show()
         sys.exit(int(getattr(exc, "exit_code", 2)))
+    # Typer turns KeyboardInterrupt (so also Interrupted) into Exit(130), which Click returns here.
+    if _received:
+        _interrupted(Interrupted(_received[0]))
     # standalone_mode=False makes Click return (not raise) the code of a typer.Exit inside a command.
     sys.exit(rc if isinstance(rc, int) else 0)
 
