@@ -12,6 +12,7 @@ from levit_edge.cli.app import app, err_console
 from levit_edge.cli.cmd_export import describe_result
 from levit_edge.cli.common import RichHooks, summary
 from levit_edge.data.sources import DataSpec
+from levit_edge.errors import UserError
 from levit_edge.model.load import ModelSpec
 from levit_edge.pipeline import ExportJob, run_export
 from levit_edge.settings import GateSettings, Targets
@@ -38,7 +39,14 @@ def demo_cli(
     from datetime import UTC, datetime
 
     from levit_edge.fixture import ensure_fixture
+    from levit_edge.report.manifest import StagedRun
 
+    # Check the options before generating the fixture (minutes): a bad value must fail in a second.
+    gate = GateSettings(max_drop=max_drop)
+    run_name = name or f"demo-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+    StagedRun.check_name(run_name)
+    if (out / run_name).exists() and not force:
+        raise UserError(f"run directory {out / run_name} already exists; pass --force to replace it")
     err_console.print(
         "preparing the demo fixture (generated once, then cached; about 1-2 minutes)", highlight=False
     )
@@ -50,9 +58,9 @@ def demo_cli(
         targets=Targets.parse("all", int8=True, engine=False),
         calib=DataSpec(data.calib),
         val=DataSpec(data.val),
-        gate=GateSettings(max_drop=max_drop),
+        gate=gate,
         out=out,
-        name=name or f"demo-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}",
+        name=run_name,
         force=force,
         command=("levit-edge", *sys.argv[1:]),
     )
