@@ -1,0 +1,683 @@
+"""The catalogue of bad inputs: every command, every way its inputs can be wrong, one parametrized test.
+
+Each case builds its inputs in its own folder (which is also the command's working directory, so a
+default ``artifacts/`` output would land there too) and runs the real console entry point. A case passes
+when the command
+
+* exits 1 for a user error (2 for a usage error, with Click's usage message),
+* prints exactly one line on stderr, starting ``error:`` and naming the problem (the expected fragments),
+* prints no traceback anywhere, and
+* leaves its folder exactly as it was: no new run directory, no ``.partial`` directory, no temporary file,
+  no changed byte in an existing run (and a pickle payload did not run).
+
+The ~50 command lines run in one module-level batch through ``tests/cli_batch.py``, which imports the CLI
+once and forks a child per command line, so the whole catalogue costs about one CLI start-up plus the work
+of the cases that get as far as loading a model (those use the trained fixture at 64x64: fast).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from levit_edge.data.sources import DataSpec
+from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.model.load import ModelSpec
+from levit_edge.pipeline import ExportJob, run_export
+
+Fixture = tuple[DatasetPaths, FixtureResult, Path]
+TESTS = Path(__file__).resolve().parent
+PARALLEL = 3
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass(frozen=True)
+class Case:
+    """One command line and what it must end with."""
+
+    args: list[str | Path]
+    code: int = 1
+    fragments: tuple[str, ...] = ()  # each must appear in the error line
+    fsize: int | None = None  # RLIMIT_FSIZE in bytes: a full disk without root
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """What a case builder gets: its own folder and the shared, read-only inputs."""
+
+    dir: Path
+    data: DatasetPaths
+    result: FixtureResult
+    checkpoint: Path
+    base_run: Path  # a complete FP32 run with class names (validated on ``small_val``)
+    small_val: Path  # 10 class folders x 2 images
+
+    @property
+    def out(self) -> Path:
+        return self.dir / "out"
+
+    def model_args(self, checkpoint: Path | None = None) -> list[str | Path]:
+        return [
+            "--model", self.result.model_name,
+            "--img-size", str(self.result.img_size),
+            "--num-classes", str(len(self.result.classes)),
+            "--checkpoint", checkpoint or self.checkpoint,
+        ]  # fmt: skip
+
+    def export(self, *extra: str | Path, checkpoint: Path | None = None) -> list[str | Path]:
+        return ["export", *self.model_args(checkpoint), "--out", self.out, "--name", "r", *extra]
+
+    def file(self, name: str, data: bytes | str) -> Path:
+        path = self.dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data.encode() if isinstance(data, str) else data)
+        return path
+
+    def run_copy(self) -> Path:
+        """A private copy of the base run (hard links: cheap; a rewrite-by-rename shows as a change)."""
+        dst = self.dir / "run"
+        shutil.copytree(self.base_run, dst, copy_function=os.link)
+        return dst
+
+    def val_folders(self, names: list[str], per_class: int = 2) -> Path:
+        """Class folders of real fixture images under the given names."""
+        root = self.dir / "val"
+        for i, name in enumerate(names):
+            (root / name).mkdir(parents=True)
+            source = self.data.val / self.data.classes[i % len(self.data.classes)]
+            for png in sorted(source.glob("*.png"))[:per_class]:
+                shutil.copy(png, root / name / png.name)
+        return root
+
+    def images(self, folder: str, n: int, suffix: str = ".png") -> Path:
+        root = self.dir / folder
+        root.mkdir(parents=True)
+        for i, (png, _) in enumerate(self.data.samples("calib")[:: max(1, 200 // n)][:n]):
+            Image.open(png).convert("RGB").save(root / f"img{i:03d}{suffix}")
+        return root
+
+
+class _Payload:
+    """Pickles as a call to os.system: what a malicious checkpoint carries."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _state(ctx: Ctx) -> dict[str, torch.Tensor]:
+    return dict(torch.load(ctx.checkpoint, map_location="cpu", weights_only=True))
+
+
+# ---- the catalogue ------------------------------------------------------------------------------------
+# name -> builder. Names say command and fault; fragments pin the line to the input at fault.
+
+Builder = Callable[[Ctx], Case]
+CASES: dict[str, Builder] = {}
+
+
+def case(name: str) -> Callable[[Builder], Builder]:
+    def register(fn: Builder) -> Builder:
+        CASES[name] = fn
+        return fn
+
+    return register
+
+
+# export: weights
+@case("export-missing-checkpoint")
+def _(c: Ctx) -> Case:
+    return Case(c.export(checkpoint=c.dir / "nope.pth"), fragments=("checkpoint not found", "nope.pth"))
+
+
+@case("export-empty-checkpoint")
+def _(c: Ctx) -> Case:
+    return Case(c.export(checkpoint=c.file("empty.pth", b"")), fragments=("checkpoint is empty",))
+
+
+@case("export-checkpoint-is-a-folder")
+def _(c: Ctx) -> Case:
+    (c.dir / "weights").mkdir()
+    return Case(c.export(checkpoint=c.dir / "weights"), fragments=("not a file", "weights"))
+
+
+@case("export-truncated-checkpoint")
+def _(c: Ctx) -> Case:
+    data = c.checkpoint.read_bytes()
+    path = c.file("half.pth", data[: len(data) // 2])
+    return Case(c.export(checkpoint=path), fragments=("cannot read checkpoint", "half.pth"))
+
+
+@case("export-pickle-payload")
+def _(c: Ctx) -> Case:
+    marker = c.dir / "PWNED"  # must never appear: the snapshot of the folder would show it
+    path = c.dir / "evil.pth"
+    torch.save({"state_dict": _state(c), "hook": _Payload(marker)}, path)
+    return Case(c.export(checkpoint=path), fragments=("arbitrary unpickling", "refused"))
+
+
+@case("export-pickle-payload-plain-pickle")
+def _(c: Ctx) -> Case:
+    path = c.file("evil.pkl", pickle.dumps(_Payload(c.dir / "PWNED")))
+    return Case(c.export(checkpoint=path), fragments=("evil.pkl",))
+
+
+@case("export-wrong-checkpoint-keys")
+def _(c: Ctx) -> Case:
+    path = c.dir / "renamed.pth"
+    torch.save({f"backbone.{k}": v for k, v in _state(c).items()}, path)
+    return Case(c.export(checkpoint=path), fragments=("missing keys", "unexpected keys", "backbone."))
+
+
+@case("export-wrong-checkpoint-shapes")
+def _(c: Ctx) -> Case:
+    args = c.export()
+    args[args.index("--model") + 1] = "levit_128"  # wider than the levit_128s the weights are for
+    return Case(args, fragments=("does not fit levit_128", "wrong shapes"))
+
+
+@case("export-non-levit-checkpoint")
+def _(c: Ctx) -> Case:
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+    path = c.dir / "convnet.pth"
+    torch.save(net.state_dict(), path)
+    return Case(c.export(checkpoint=path), fragments=("does not fit", "missing keys"))
+
+
+@case("export-non-levit-model-name")
+def _(c: Ctx) -> Case:
+    args = c.export()
+    args[args.index("--model") + 1] = "resnet18"
+    return Case(args, fragments=("'resnet18' is not a timm LeViT",))
+
+
+@case("export-wrong-num-classes")
+def _(c: Ctx) -> Case:
+    return Case(c.export("--num-classes", "7"), fragments=("--num-classes", "head"))
+
+
+@case("export-bad-img-size")
+def _(c: Ctx) -> Case:
+    return Case(c.export("--img-size", "50"), fragments=("--img-size must be a multiple of 16",))
+
+
+# export: data
+@case("export-val-classes-do-not-match")
+def _(c: Ctx) -> Case:
+    val = c.val_folders(["a", "b", "c"])
+    return Case(c.export("--val", val), fragments=("3 class folders", "10 classes"))
+
+
+@case("export-corrupt-val-image")
+def _(c: Ctx) -> Case:
+    val = c.val_folders(list(c.data.classes))
+    bad = sorted((val / c.data.classes[4]).glob("*.png"))[1]
+    bad.write_bytes(os.urandom(3000))
+    return Case(c.export("--val", val), fragments=("cannot read image", bad.name))
+
+
+@case("export-truncated-calib-jpeg")
+def _(c: Ctx) -> Case:
+    calib = c.images("calib", 6, ".jpg")
+    bad = sorted(calib.glob("*.jpg"))[2]
+    bad.write_bytes(bad.read_bytes()[:200])
+    args = c.export("--int8", "--target", "ort", "--calib", calib)
+    return Case(args, fragments=("cannot read image", bad.name))
+
+
+@case("export-empty-calib-folder")
+def _(c: Ctx) -> Case:
+    (c.dir / "calib").mkdir()
+    args = c.export("--int8", "--target", "ort", "--calib", c.dir / "calib")
+    return Case(args, fragments=("no images found",))
+
+
+@case("export-empty-val-list")
+def _(c: Ctx) -> Case:
+    return Case(c.export("--val", c.file("val.txt", "# nothing\n")), fragments=("lists no images",))
+
+
+@case("export-calib-array-wrong-shape")
+def _(c: Ctx) -> Case:
+    path = c.dir / "calib.npy"
+    np.save(path, np.zeros((4, 10), dtype=np.float32))
+    args = c.export("--int8", "--target", "ort", "--calib", path)
+    return Case(args, fragments=("4-D image array",))
+
+
+@case("export-exclude-everything")
+def _(c: Ctx) -> Case:
+    val = c.val_folders(list(c.data.classes), per_class=1)
+    names = sorted({p.name for p in val.rglob("*.png")})  # exclude lists match base names
+    exclude = c.file("exclude.txt", "\n".join(names) + "\n")
+    return Case(c.export("--val", val, "--exclude", exclude), fragments=("excluded",))
+
+
+# export: list files
+@case("export-list-mixed-labels")
+def _(c: Ctx) -> Case:
+    c.images("imgs", 2)
+    a, b = sorted((c.dir / "imgs").glob("*.png"))
+    listing = c.file("calib.txt", f"imgs/{a.name} 1\nimgs/{b.name}\n")
+    args = c.export("--int8", "--target", "ort", "--calib", listing)
+    return Case(args, fragments=("line 2", "all-or-none"))
+
+
+@case("export-list-escapes-data-root")
+def _(c: Ctx) -> Case:
+    c.images("imgs", 1)
+    (c.dir / "root").mkdir()
+    name = next((c.dir / "imgs").glob("*.png")).name
+    listing = c.file("calib.txt", f"../imgs/{name}\n")
+    args = c.export("--int8", "--target", "ort", "--calib", listing, "--data-root", c.dir / "root")
+    return Case(args, fragments=("line 1", "may not leave the data root"))
+
+
+@case("export-list-absolute-path")
+def _(c: Ctx) -> Case:
+    listing = c.file("calib.txt", "ok.png\n/etc/passwd\n")
+    return Case(c.export("--int8", "--target", "ort", "--calib", listing), fragments=("line 2", "absolute"))
+
+
+@case("export-list-not-utf8")
+def _(c: Ctx) -> Case:
+    listing = c.file("val.txt", b"caf\xe9.png\n")
+    return Case(c.export("--val", listing), fragments=("cannot read list file",))
+
+
+@case("export-list-image-missing")
+def _(c: Ctx) -> Case:
+    listing = c.file("val.txt", "gone/a.png 0\n")
+    return Case(c.export("--val", listing), fragments=("listed image not found", "a.png"))
+
+
+# export: config files
+@case("export-config-not-toml")
+def _(c: Ctx) -> Case:
+    cfg = c.file("edge.toml", 'model = "levit_128s\nint8 = true\n')
+    return Case(["export", "--config", cfg], fragments=("not valid TOML", "edge.toml"))
+
+
+@case("export-config-wrong-type")
+def _(c: Ctx) -> Case:
+    cfg = c.file("edge.toml", 'img_size = "64"\n')
+    return Case(["export", "--config", cfg], fragments=("'img_size' must be int",))
+
+
+@case("export-config-missing")
+def _(c: Ctx) -> Case:
+    return Case(["export", "--config", c.dir / "nope.toml"], fragments=("config file not found",))
+
+
+# export: output
+@case("export-out-is-a-file")
+def _(c: Ctx) -> Case:
+    target = c.file("out", "a regular file\n")
+    return Case(c.export(), fragments=("cannot create output directory", str(target)))
+
+
+@case("export-disk-full")
+def _(c: Ctx) -> Case:
+    # 1 MiB file-size limit: model.fp32.onnx (28 MB) cannot be written
+    return Case(c.export(), fsize=1 << 20, fragments=("cannot write model.fp32.onnx", "File too large"))
+
+
+@case("export-existing-run-without-force")
+def _(c: Ctx) -> Case:
+    shutil.copytree(c.base_run, c.out / "r", copy_function=os.link)
+    return Case(c.export(), fragments=("already exists", "--force"))
+
+
+@case("export-name-escapes-out")
+def _(c: Ctx) -> Case:
+    args = c.export()
+    args[args.index("--name") + 1] = "../escape"
+    return Case(args, fragments=("--name must be a plain directory name",))
+
+
+# export: conflicting or invalid options
+@case("export-checkpoint-and-pretrained")
+def _(c: Ctx) -> Case:
+    return Case(c.export("--pretrained"), fragments=("exclusive",))
+
+
+@case("export-int8-with-fp32-only-target")
+def _(c: Ctx) -> Case:
+    args = c.export("--int8", "--target", "onnx", "--calib", c.data.calib)
+    return Case(args, fragments=("--int8", "--target"))
+
+
+@case("export-bad-calib-size")
+def _(c: Ctx) -> Case:
+    args = c.export("--int8", "--target", "ort", "--calib", c.data.calib, "--calib-size", "0")
+    return Case(args, fragments=("--calib-size must be at least 1",))
+
+
+@case("export-bad-batch-size")
+def _(c: Ctx) -> Case:
+    return Case(c.export("--batch-size", "0"), fragments=("--batch-size must be at least 1",))
+
+
+@case("export-nan-max-drop")
+def _(c: Ctx) -> Case:
+    return Case(c.export("--max-drop", "nan"), fragments=("--max-drop",))
+
+
+# validate
+@case("validate-not-a-run")
+def _(c: Ctx) -> Case:
+    (c.dir / "empty").mkdir()
+    args = ["validate", c.dir / "empty", "--val", c.small_val]
+    return Case(args, fragments=("not a complete run directory",))
+
+
+@case("validate-class-names-differ")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    val = c.val_folders([f"other{i}" for i in range(10)], per_class=1)
+    return Case(["validate", run, "--val", val], fragments=("differ from the class names",))
+
+
+@case("validate-model-is-not-onnx")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    (run / "model.fp32.onnx").unlink()
+    (run / "model.fp32.onnx").write_bytes(b"\x08\x07garbage" * 100)
+    return Case(["validate", run, "--val", c.small_val], fragments=("not an ONNX model",))
+
+
+@case("validate-missing-val")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    return Case(["validate", run, "--val", c.dir / "nope"], fragments=("data path not found",))
+
+
+@case("validate-negative-max-drop")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    args = ["validate", run, "--val", c.small_val, "--max-drop", "-1"]
+    return Case(args, fragments=("--max-drop must be a non-negative",))
+
+
+# verify
+@case("verify-missing-dir")
+def _(c: Ctx) -> Case:
+    return Case(["verify", c.dir / "nope"], fragments=("not a run directory",))
+
+
+@case("verify-flipped-byte")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    report = run / "report.json"
+    data = bytearray(report.read_bytes())
+    data[10] ^= 0x01
+    report.unlink()
+    report.write_bytes(bytes(data))
+    return Case(["verify", run], fragments=("1 file(s) do not match",))
+
+
+@case("verify-manifest-not-json")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    (run / "manifest.json").unlink()
+    (run / "manifest.json").write_text("{not json")
+    return Case(["verify", run], fragments=("not valid JSON",))
+
+
+@case("verify-manifest-files-malformed")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    (run / "manifest.json").unlink()
+    (run / "manifest.json").write_text(json.dumps({"files": ["model.fp32.onnx"]}))
+    return Case(["verify", run], fragments=("not a levit-edge manifest",))
+
+
+# inspect
+@case("inspect-truncated-onnx")
+def _(c: Ctx) -> Case:
+    path = c.file("model.onnx", (c.base_run / "model.fp32.onnx").read_bytes()[:5000])
+    return Case(["inspect", path], fragments=("is not an ONNX model", "model.onnx"))
+
+
+@case("inspect-empty-onnx")
+def _(c: Ctx) -> Case:
+    path = c.file("model.onnx", b"")
+    return Case(["inspect", path], fragments=("is not an ONNX model",))
+
+
+@case("inspect-missing")
+def _(c: Ctx) -> Case:
+    return Case(["inspect", c.dir / "nope.onnx"], fragments=("not found",))
+
+
+@case("inspect-json-not-a-manifest")
+def _(c: Ctx) -> Case:
+    path = c.file("report.json", "{}")
+    return Case(["inspect", path], fragments=("is not a manifest.json",))
+
+
+# check-trt, build-engine
+@case("check-trt-image-not-onnx")
+def _(c: Ctx) -> Case:
+    png = c.data.samples("val")[0][0]
+    path = c.file("model.onnx", png.read_bytes())
+    return Case(["check-trt", path], fragments=("model.onnx",))
+
+
+@case("check-trt-missing")
+def _(c: Ctx) -> Case:
+    return Case(["check-trt", c.dir / "nope.onnx"], fragments=("nope.onnx",))
+
+
+@case("build-engine-missing")
+def _(c: Ctx) -> Case:
+    return Case(["build-engine", c.dir / "nope.onnx"], fragments=("model not found",))
+
+
+@case("build-engine-bad-batch-range")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    args = ["build-engine", run / "model.fp32.onnx", "--min-batch", "4", "--opt-batch", "2"]
+    return Case(args, fragments=("min <= opt <= max",))
+
+
+@case("build-engine-plan-exists")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    (run / "engine.plan").write_bytes(b"an engine built earlier")
+    args = ["build-engine", run / "model.fp32.onnx", "--plan", run / "engine.plan"]
+    return Case(args, fragments=("already exists", "--force"))
+
+
+# bench
+@case("bench-not-a-run")
+def _(c: Ctx) -> Case:
+    (c.dir / "empty").mkdir()
+    return Case(["bench", c.dir / "empty"], fragments=("has no model.fp32.onnx",))
+
+
+@case("bench-bad-batches")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    return Case(["bench", run, "--batches", "1,x"], fragments=("--batches must be a comma-separated",))
+
+
+@case("bench-zero-rounds")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    return Case(["bench", run, "--rounds", "0"], fragments=("--rounds",))
+
+
+# demo: options are checked before the fixture is generated (which takes minutes)
+@case("demo-negative-max-drop")
+def _(c: Ctx) -> Case:
+    args = ["demo", "--cache", c.dir / "cache", "--out", c.out, "--max-drop", "-1"]
+    return Case(args, fragments=("--max-drop must be a non-negative",))
+
+
+@case("demo-bad-name")
+def _(c: Ctx) -> Case:
+    args = ["demo", "--cache", c.dir / "cache", "--out", c.out, "--name", "a/b"]
+    return Case(args, fragments=("--name must be a plain directory name",))
+
+
+# usage errors: Click's message, exit 2
+@case("usage-unknown-option")
+def _(c: Ctx) -> Case:
+    return Case(["validate", "--bogus"], code=2)
+
+
+@case("usage-not-an-integer")
+def _(c: Ctx) -> Case:
+    return Case(c.export("--img-size", "abc"), code=2)
+
+
+@case("usage-unknown-command")
+def _(c: Ctx) -> Case:
+    return Case(["frobnicate"], code=2)
+
+
+@case("usage-missing-argument")
+def _(c: Ctx) -> Case:
+    return Case(["verify"], code=2)
+
+
+# ---- running the batch ----------------------------------------------------------------------------------
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` (hidden ones too): files by sha256, folders and links by kind."""
+    out: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = f"link:{os.readlink(path)}"
+        elif path.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@dataclass(frozen=True)
+class Outcome:
+    case: Case
+    code: int
+    stdout: str
+    stderr: str
+    before: dict[str, str]
+    after: dict[str, str]
+    seconds: float
+
+    def __str__(self) -> str:
+        args = " ".join(str(a) for a in self.case.args)
+        return (
+            f"levit-edge {args}\n-> exit {self.code} after {self.seconds}s\n"
+            f"--- stdout\n{self.stdout[-2000:]}\n--- stderr\n{self.stderr[-4000:]}"
+        )
+
+
+def _base_run(root: Path, fx: Fixture, small_val: Path) -> Path:
+    _, result, checkpoint = fx
+    job = ExportJob(
+        model=ModelSpec(result.model_name, checkpoint, len(result.classes), result.img_size),
+        val=DataSpec(small_val),
+        out=root,
+        name="base",
+    )
+    return run_export(job).run_dir
+
+
+@pytest.fixture(scope="module")
+def outcomes(trained_fixture: Fixture, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
+    root = tmp_path_factory.mktemp("bad-inputs")
+    data, result, checkpoint = trained_fixture
+    shared = root / "shared"
+    small_val = shared / "val"
+    for name in data.classes:
+        (small_val / name).mkdir(parents=True)
+        for png in sorted((data.val / name).glob("*.png"))[:2]:
+            shutil.copy(png, small_val / name / png.name)
+    base = _base_run(shared, trained_fixture, small_val)
+    logs = root / "logs"
+    logs.mkdir()
+    cases: dict[str, Case] = {}
+    jobs = []
+    for name, build in CASES.items():
+        ctx = Ctx(root / "cases" / name, data, result, checkpoint, base, small_val)
+        ctx.dir.mkdir(parents=True)
+        cases[name] = build(ctx)
+        jobs.append(
+            {
+                "name": name,
+                "args": [str(a) for a in cases[name].args],
+                "cwd": str(ctx.dir),
+                "env": {"COLUMNS": "200", "OMP_NUM_THREADS": "1", **cases[name].env},
+                "stdout": str(logs / f"{name}.out"),
+                "stderr": str(logs / f"{name}.err"),
+                "fsize": cases[name].fsize,
+            }
+        )
+    before = {name: _snapshot(root / "cases" / name) for name in CASES}
+    spec = root / "jobs.json"
+    spec.write_text(json.dumps({"parallel": PARALLEL, "timeout": 120, "jobs": jobs}))
+    results_path = root / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(TESTS / "cli_batch.py"), str(spec), str(results_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    results = json.loads(results_path.read_text())
+    return {
+        name: Outcome(
+            cases[name],
+            results[name]["code"],
+            (logs / f"{name}.out").read_text(errors="replace"),
+            (logs / f"{name}.err").read_text(errors="replace"),
+            before[name],
+            _snapshot(root / "cases" / name),
+            results[name]["seconds"],
+        )
+        for name in CASES
+    }
+
+
+def test_catalogue_is_large_and_spans_every_command() -> None:
+    assert len(CASES) >= 25
+    commands = {name.split("-")[0] for name in CASES}
+    assert {"export", "validate", "verify", "inspect", "check", "build", "bench", "demo", "usage"} <= commands
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(outcomes: dict[str, Outcome], name: str) -> None:
+    o = outcomes[name]
+    assert o.code == o.case.code, str(o)
+    assert "Traceback" not in o.stdout + o.stderr, str(o)
+    if o.case.code == 2:
+        assert "Usage:" in o.stderr, str(o)
+    else:
+        lines = o.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), str(o)
+        for fragment in o.case.fragments:
+            assert fragment in lines[0], f"{fragment!r} not in the error line\n{o}"
+    assert o.after == o.before, f"the command changed its folder: {sorted(set(o.after) ^ set(o.before))}\n{o}"
