@@ -37,7 +37,7 @@ from levit_edge.model.load import LoadedModel, ModelSpec, load_model
 from levit_edge.quant.calibrate import CALIBRATION_FILE, Calibration, calibrate, describe
 from levit_edge.quant.profiles import ORT_PROFILES, PROFILES, TRT_PROFILE, QuantProfile
 from levit_edge.quant.quantize import QuantResult, quantize
-from levit_edge.report.manifest import MANIFEST, staged_run, write_manifest
+from levit_edge.report.manifest import MANIFEST, staged_run, update_run, write_manifest
 from levit_edge.report.render import write_reports
 from levit_edge.settings import GateSettings, QuantSettings, RuntimeSettings, Targets
 from levit_edge.validate.compare import Evaluation, evaluate
@@ -659,11 +659,10 @@ def validate_run(
     report["status"] = status
     report["thresholds"] = {"max_drop": gate_settings.max_drop}
     report.setdefault("stages", {})["revalidate"] = timer.seconds["validate"]
-    write_reports(run_dir, report)
     body = {k: v for k, v in manifest.items() if k not in ("files", "schema_version")}
     body["status"] = status
     body["validation_data_hash"] = report["validation"]["data_hash"]
-    write_manifest(run_dir, body)
+    update_run(run_dir, lambda folder: write_reports(folder, report), body)  # all or nothing
     result = RunResult(run_dir, status, report, gate, None)
     if not gate.passed:
         raise AccuracyGateFailed(f"accuracy gate failed ({'; '.join(gate.failures)}); report in {run_dir}")
@@ -684,9 +683,8 @@ def save_bench(run_dir: Path, rows: list[dict[str, Any]], settings: Any) -> None
             latency[row["variant"]] = {
                 k: row[k] for k in ("p50_ms", "p90_ms", "p99_ms", "batch", "threads", "calls")
             } | {"source": "levit-edge bench"}
-    write_reports(run_dir, report)
     body = {k: v for k, v in manifest.items() if k not in ("files", "schema_version")}
-    write_manifest(run_dir, body)
+    update_run(run_dir, lambda folder: write_reports(folder, report), body)  # all or nothing
 
 
 __all__ = ["MANIFEST", "ExportJob", "RunResult", "run_export", "validate_run"]

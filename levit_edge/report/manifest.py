@@ -13,7 +13,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -349,22 +349,35 @@ def staged_run(out: Path, name: str, force: bool) -> Iterator[StagedRun]:
         tempfile.tempdir = saved
 
 
-@contextlib.contextmanager
-def staged_update(run_dir: Path) -> Iterator[Path]:
-    """Rewrite some files of a finished run as one step: yields a staged copy of ``run_dir`` (hard links,
-    so nothing big is copied; write into it with :func:`write_atomic`, which replaces rather than edits),
-    then swaps it into place. An interruption leaves the run exactly as it was, never a report that its
-    manifest does not match."""
-    run = StagedRun(run_dir.parent, run_dir.name, force=True)
+def update_run(run_dir: Path, write: Callable[[Path], None], body: Mapping[str, Any]) -> dict[str, Any]:
+    """Rewrite some files of a finished run and its manifest as one step; return the new manifest.
+
+    ``write(folder)`` writes the new files (reports...) into a hidden staging folder inside the run; the
+    manifest is then computed over the run's other files plus those, and everything is renamed into place
+    at once with SIGINT/SIGTERM held, manifest last. An interruption before that leaves the run exactly as
+    it was (never a report that its manifest does not match); the folder itself keeps its identity, so a
+    shell or a process sitting in it is not left in a deleted directory.
+    """
+    for stale in run_dir.glob(".update-*"):
+        if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
     try:
-        for entry in sorted(run_dir.iterdir()):
-            if entry.is_file() and not entry.is_symlink():
-                try:
-                    os.link(entry, run.dir / entry.name)
-                except OSError:
-                    shutil.copy2(entry, run.dir / entry.name)
-        yield run.dir
-        run.commit()
-    except BaseException:
-        run.discard()
+        staging = Path(tempfile.mkdtemp(prefix=".update-", suffix=f"-{os.getpid()}", dir=run_dir))
+    except OSError as exc:
+        if exc.errno in WRITE_ERRNOS:
+            raise write_error(run_dir / MANIFEST, exc) from None
         raise
+    try:
+        write(staging)
+        new = {p.name for p in staging.iterdir() if p.is_file() and not p.name.startswith(".")}
+        files = {**hash_files(run_dir), **hash_files(staging)}
+        manifest = {"schema_version": SCHEMA_VERSION, **body, "files": dict(sorted(files.items()))}
+        write_json(staging / MANIFEST, manifest)
+        _fsync_tree(staging)
+        with signals_deferred():
+            for name in [*sorted(new - {MANIFEST}), MANIFEST]:
+                os.replace(staging / name, run_dir / name)
+            _fsync_dir(run_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
