@@ -1,0 +1,352 @@
+"""Interrupted runs leave the previous complete run or nothing; a second run is byte-identical; verify.
+
+Real ``levit-edge export`` processes (INT8 for ONNX Runtime and TensorRT, validated) on the trained
+fixture are killed at each stage, seen from the outside by the files that appear in the hidden staged
+directory:
+
+==========================  ========================================  =========
+signal                      sent when                                 stage
+==========================  ========================================  =========
+SIGINT                      ``.A.partial-*`` appears                  load / fuse / export
+SIGTERM                     ``model.fp32.onnx`` appears               calibration
+SIGTERM (new run B)         ``model.int8.ort.onnx`` appears           quantization
+SIGKILL                     ``model.int8.trt.onnx`` appears           check-trt / validation
+==========================  ========================================  =========
+
+Every kill of ``A`` runs with ``--force`` over a complete ``A``, which must come out byte for byte as it
+was. The same export then runs once more to completion: it removes the SIGKILL's leftover and must
+reproduce the first run's models, calibration and metrics exactly (the reproducibility check shares these
+runs to keep the module near a minute and a half). The staging mechanics that no kill can time (the swap
+itself, recovery of a run left aside, deferred signals, all-or-nothing rewrites) are tested in-process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from levit_edge.errors import UserError
+from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.report.manifest import (
+    MANIFEST,
+    StagedRun,
+    signals_deferred,
+    staged_run,
+    update_run,
+    verify_manifest,
+    write_manifest,
+)
+
+Fixture = tuple[DatasetPaths, FixtureResult, Path]
+ARTIFACTS = ("model.fp32.onnx", "calibration.json", "model.int8.ort.onnx", "model.int8.trt.onnx")
+METRICS = ("accuracy", "drop", "agreement", "kl", "cosine", "per_class", "confusion_changes", "status")
+TIMEOUT = 300
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@dataclass(frozen=True)
+class Env:
+    root: Path
+    out: Path
+    tmp: Path  # TMPDIR of the runs: no scratch models may be left there (they live in the staged run)
+    args: tuple[str, ...]
+
+    def command(self, name: str, *extra: str) -> list[str]:
+        code = "from levit_edge.cli.app import main; main()"
+        return [sys.executable, "-c", code, *self.args, "--name", name, *extra]
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "COLUMNS": "200", "TMPDIR": str(self.tmp)}
+
+
+@dataclass(frozen=True)
+class Killed:
+    signal: str
+    trigger: str
+    returncode: int
+    stderr: str
+    seconds: float
+    seen: list[str]  # the staged directory's entries when the signal went
+
+
+def run_to_completion(env: Env, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        env.command(name, *extra), capture_output=True, text=True, env=env.env(), timeout=TIMEOUT
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def kill_when(env: Env, name: str, sig: signal.Signals, trigger: str, *extra: str) -> Killed:
+    """Start an export, wait until ``trigger`` exists in its staged directory ('' = the directory
+    itself), send ``sig``, and wait for the process to end."""
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        env.command(name, *extra),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env.env(),
+        start_new_session=True,
+    )
+    seen: list[str] = []
+    try:
+        while proc.poll() is None and time.monotonic() - start < TIMEOUT:
+            staged = sorted(env.out.glob(f".{name}.partial-*-{proc.pid}"))
+            if staged and (not trigger or (staged[0] / trigger).exists()):
+                seen = sorted(p.name for p in staged[0].iterdir())
+                proc.send_signal(sig)
+                break
+            time.sleep(0.02)
+        _, stderr = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert seen, f"the run ended (exit {proc.returncode}) before {trigger or 'staging'}: {stderr[-2000:]}"
+    return Killed(sig.name, trigger, proc.returncode, stderr, round(time.monotonic() - start, 1), seen)
+
+
+@dataclass(frozen=True)
+class Runs:
+    env: Env
+    first: dict[str, str]  # snapshot of the first complete A
+    first_report: dict[str, Any]
+    killed: dict[str, Killed]
+    after_kills: dict[str, str]  # snapshot of A after all the kills
+    leftovers_after_kill: list[str]  # hidden entries of out right after the SIGKILL
+    tmp_after_kills: list[str]
+    second: Path  # A again, run to completion after the kills
+
+
+@pytest.fixture(scope="module")
+def runs(trained_fixture: Fixture, tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    data, result, checkpoint = trained_fixture
+    root = tmp_path_factory.mktemp("interrupts")
+    val = root / "val"  # 8 per class: validation long enough to be hit, short enough to be cheap
+    for name in data.classes:
+        (val / name).mkdir(parents=True)
+        for png in sorted((data.val / name).glob("*.png"))[:8]:
+            shutil.copy(png, val / name / png.name)
+    out, tmp = root / "out", root / "tmp"
+    tmp.mkdir()
+    args = (
+        "export",
+        "--model", result.model_name,
+        "--img-size", str(result.img_size),
+        "--num-classes", str(len(result.classes)),
+        "--checkpoint", str(checkpoint),
+        "--int8", "--target", "all", "--no-engine",
+        "--calib", str(data.calib),
+        "--val", str(val),
+        "--max-drop", "100",  # the gate is not under test here
+        "--out", str(out),
+    )  # fmt: skip
+    env = Env(root, out, tmp, args)
+
+    run_to_completion(env, "A")
+    first = snapshot(out / "A")
+    first_report = json.loads((out / "A" / "report.json").read_text())
+
+    killed = {
+        "export": kill_when(env, "A", signal.SIGINT, "", "--force"),
+        "calibration": kill_when(env, "A", signal.SIGTERM, "model.fp32.onnx", "--force"),
+        "quantization-new-run": kill_when(env, "B", signal.SIGTERM, "model.int8.ort.onnx"),
+        "validation": kill_when(env, "A", signal.SIGKILL, "model.int8.trt.onnx", "--force"),
+    }
+    after_kills = snapshot(out / "A")
+    leftovers = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+    tmp_after = sorted(p.name for p in tmp.iterdir())
+
+    run_to_completion(env, "A", "--force")
+    return Runs(env, first, first_report, killed, after_kills, leftovers, tmp_after, out / "A")
+
+
+# ---- kills ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("stage", "code"), [("export", 130), ("calibration", 143), ("quantization-new-run", 143)]
+)
+def test_sigint_and_sigterm_unwind_and_remove_the_staged_run(runs: Runs, stage: str, code: int) -> None:
+    k = runs.killed[stage]
+    assert k.returncode == code, k
+    assert k.stderr.strip() == f"interrupted by {k.signal}", k
+    if k.trigger:
+        assert k.trigger in k.seen, k
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_only_a_hidden_partial(runs: Runs) -> None:
+    k = runs.killed["validation"]
+    assert k.returncode == -signal.SIGKILL, k
+    assert "model.int8.trt.onnx" in k.seen and "report.json" not in k.seen, k
+    # SIGKILL cannot be caught: its staged directory stays, hidden, until the next run of that name
+    assert [n for n in runs.leftovers_after_kill if n.startswith(".A.partial-")], runs.leftovers_after_kill
+    assert all(n.startswith(".A.partial-") for n in runs.leftovers_after_kill), runs.leftovers_after_kill
+
+
+@pytest.mark.slow
+def test_previous_run_survives_every_kill_byte_for_byte(runs: Runs) -> None:
+    assert runs.after_kills == runs.first
+    assert not (runs.env.out / "B").exists()
+    # scratch models of calibration/quantization lived inside the staged run, not in TMPDIR (where
+    # torch leaves its own cache files at import)
+    assert [n for n in runs.tmp_after_kills if n.startswith(("levit-edge", "ort", "tmp"))] == []
+
+
+@pytest.mark.slow
+def test_next_run_cleans_up_and_completes(runs: Runs) -> None:
+    hidden = sorted(p.name for p in runs.env.out.iterdir() if p.name.startswith("."))
+    assert hidden == []
+    assert sorted(p.name for p in runs.env.out.iterdir()) == ["A"]
+    assert verify_manifest(runs.second) == []
+
+
+# ---- reproducibility --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_second_run_is_byte_identical(runs: Runs) -> None:
+    second = snapshot(runs.second)
+    for name in ARTIFACTS:
+        assert second[name] == runs.first[name], f"{name} differs between two identical runs"
+    report = json.loads((runs.second / "report.json").read_text())
+    for key in METRICS:
+        assert report[key] == runs.first_report[key], key
+    assert report["quantization"] == runs.first_report["quantization"]
+    assert report["validation"]["data_hash"] == runs.first_report["validation"]["data_hash"]
+
+
+@pytest.mark.slow
+def test_manifest_records_what_a_rebuild_needs(runs: Runs) -> None:
+    manifest = json.loads((runs.second / MANIFEST).read_text())
+    for key in ("versions", "options", "command", "seed", "model", "preprocess", "calibration"):
+        assert manifest.get(key) is not None, key
+    assert {"torch", "timm", "onnx", "onnxruntime", "numpy", "levit-edge"} <= set(manifest["versions"])
+    assert manifest["model"]["checkpoint_sha256"]
+    assert len(manifest["calibration"]["data_hash"]) == 64
+    assert len(manifest["validation_data_hash"]) == 64
+    assert manifest["options"]["quant"]["method"] == "minmax"
+    assert set(manifest["files"]) >= set(ARTIFACTS) | {"report.json", "report.html", "report.md"}
+
+
+@pytest.mark.slow
+def test_verify_names_every_kind_of_mismatch(runs: Runs, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(runs.second, run)
+    assert verify_manifest(run) == []
+    model = run / "model.int8.ort.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x40  # one bit, same size
+    model.write_bytes(bytes(data))
+    (run / "calibration.json").unlink()
+    (run / "extra.txt").write_text("added\n")
+    (run / ".hidden").write_text("added\n")
+    (run / "report.md").unlink()
+    (run / "report.md").symlink_to(runs.second / "report.md")  # same bytes, but not the run's own file
+    problems = "\n".join(verify_manifest(run))
+    assert "model.int8.ort.onnx: sha256" in problems
+    assert "calibration.json: missing" in problems
+    assert "extra.txt: not listed" in problems
+    assert ".hidden: not listed" in problems
+    assert "report.md: a link" in problems
+    assert len(verify_manifest(run)) == 5
+
+
+# ---- staging mechanics, in-process ---------------------------------------------------------------------
+
+
+def _complete_run(out: Path, name: str, text: str) -> Path:
+    with staged_run(out, name, force=True) as run:
+        (run.dir / "model.txt").write_text(text)
+        write_manifest(run.dir, {"status": "passed"})
+        return run.commit()
+
+
+def test_force_swaps_the_complete_runs_atomically(tmp_path: Path) -> None:
+    final = _complete_run(tmp_path, "r", "old")
+    inode = final.stat().st_ino
+    _complete_run(tmp_path, "r", "new")
+    assert (final / "model.txt").read_text() == "new"
+    assert final.stat().st_ino != inode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+    assert verify_manifest(final) == []
+
+
+def test_a_run_left_aside_by_a_dead_replacement_is_recovered(tmp_path: Path) -> None:
+    # The state SIGKILL would leave between the two renames where no atomic swap exists.
+    final = _complete_run(tmp_path, "r", "old")
+    aside = tmp_path / f".r.old-{int(time.time())}-999999999"
+    final.rename(aside)
+    StagedRun(tmp_path, "r", force=True).discard()
+    assert (final / "model.txt").read_text() == "old"
+    assert not aside.exists()
+
+
+def test_failed_run_removes_the_output_folders_it_made(tmp_path: Path) -> None:
+    out = tmp_path / "a" / "b"
+    with pytest.raises(RuntimeError), staged_run(out, "r", force=False):
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_signals_are_held_until_the_block_ends() -> None:
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda s, f: received.append(s))
+    try:
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert received == []
+        time.sleep(0.05)
+        assert received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_rewrite_of_a_finished_run_is_all_or_nothing(tmp_path: Path) -> None:
+    final = _complete_run(tmp_path, "r", "model")
+    (final / "report.json").write_text("{}")
+    write_manifest(final, {"status": "passed"})
+    before = snapshot(final)
+
+    def interrupted(folder: Path) -> None:
+        (folder / "report.json").write_text('{"new": true}')
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        update_run(final, interrupted, {"status": "failed"})
+    assert snapshot(final) == before
+    assert sorted(p.name for p in final.iterdir()) == sorted(before)
+
+    update_run(final, lambda folder: (folder / "report.json").write_text('{"new": true}'), {"status": "x"})
+    assert json.loads((final / "report.json").read_text()) == {"new": True}
+    assert json.loads((final / MANIFEST).read_text())["status"] == "x"
+    assert verify_manifest(final) == []
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", ".hidden", "a/b", "../x", "a\\b"])
+def test_run_names_cannot_leave_the_output_folder(tmp_path: Path, name: str) -> None:
+    with pytest.raises(UserError, match="plain directory name"):
+        StagedRun(tmp_path, name, force=True)
+    assert list(tmp_path.iterdir()) == []
