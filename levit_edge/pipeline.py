@@ -35,11 +35,12 @@ from levit_edge.export.ort_format import OrtFormatResult, convert_to_ort, ort_fo
 from levit_edge.model.fuse import check_parity, fuse_levit
 from levit_edge.model.load import LoadedModel, ModelSpec, load_model
 from levit_edge.quant.calibrate import CALIBRATION_FILE, Calibration, calibrate, describe
+from levit_edge.quant.fallback import Outcome, Target, accuracy_aware, report_sections
 from levit_edge.quant.profiles import ORT_PROFILES, PROFILES, TRT_PROFILE, QuantProfile
 from levit_edge.quant.quantize import QuantResult, quantize
 from levit_edge.report.manifest import MANIFEST, staged_run, update_run, write_manifest
 from levit_edge.report.render import write_reports
-from levit_edge.settings import GateSettings, QuantSettings, RuntimeSettings, Targets
+from levit_edge.settings import FallbackSettings, GateSettings, QuantSettings, RuntimeSettings, Targets
 from levit_edge.validate.compare import Evaluation, evaluate
 from levit_edge.validate.gate import FAILED, PASSED, GateResult, apply_gate
 
@@ -91,6 +92,7 @@ class ExportJob:
     gate: GateSettings = field(default_factory=GateSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     engine: EngineOptions = field(default_factory=EngineOptions)
+    fallback: FallbackSettings = field(default_factory=FallbackSettings)
     out: Path = Path("artifacts")
     name: str | None = None
     force: bool = False
@@ -99,6 +101,11 @@ class ExportJob:
     def __post_init__(self) -> None:
         if self.targets.int8 and self.calib is None:
             raise UserError("--int8 needs calibration images: pass --calib DIR|LIST|NPY")
+        if self.fallback.enabled:
+            if not self.targets.int8 or self.val is None:
+                raise UserError("--accuracy-budget needs --int8 and validation images (--val)")
+            if self.gate.max_drop != self.fallback.budget:
+                raise UserError("--accuracy-budget is also the accuracy gate: set the gate's max_drop to it")
 
     @property
     def run_name(self) -> str:
@@ -199,6 +206,7 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
 
         quant_results: dict[str, QuantResult] = {}
         calibration: Calibration | None = None
+        fallback: list[Outcome] = []
         if job.targets.int8 and calib_source is not None:
             with timer.stage("calibrate"):
                 calibration = calibrate(
@@ -213,6 +221,10 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
             for key, profile, filename in _profiles(job.targets, job.quant.ort_profile):
                 with timer.stage(f"quantize.{profile.name}"):
                     quant_results[key] = quantize(fp32_path, calibration, profile, run.dir / filename)
+            if job.fallback.enabled and val_source is not None and job.calib is not None:
+                with timer.stage("fallback"):
+                    fallback = _accuracy_aware(job, run.dir, calibration, preprocess, val_source, timer)
+                quant_results.update({o.artifact: o.quant for o in fallback if o.quant is not None})
             if job.targets.trt_int8 and job.quant.trt_fp16:
                 from levit_edge.quant.fp16 import convert_file
 
@@ -280,13 +292,16 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
         )
         if ort_format is not None:
             report["firmware"] = {**ort_format.describe(), "parity": format_parity or None}
+        if fallback:
+            report.update(report_sections(fallback, job.fallback))
         write_reports(run.dir, report)
         write_manifest(run.dir, manifest_body(job, report))
         final = run.commit()
     result = RunResult(final, status, report, gate, engine_reason)
     if gate is not None and not gate.passed:
+        unmet = [o.message for o in fallback if not o.met]
         raise AccuracyGateFailed(
-            f"accuracy gate failed ({'; '.join(gate.failures)}); artifacts kept in {final}"
+            f"accuracy gate failed ({'; '.join(unmet or gate.failures)}); artifacts kept in {final}"
         )
     if engine_reason is not None:
         raise EngineUnavailable(
@@ -294,6 +309,39 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
             f"the target with: levit-edge build-engine {final / TRT_FILE}"
         )
     return result
+
+
+def _accuracy_aware(
+    job: ExportJob,
+    run_dir: Path,
+    calibration: Calibration,
+    preprocess: PreprocessConfig,
+    val_source: ImageSource,
+    timer: _Timer,
+) -> list[Outcome]:
+    """Keep each INT8 artifact within --accuracy-budget (levit_edge/quant/fallback.py)."""
+    import dataclasses
+
+    assert job.calib is not None
+    size = min(job.fallback.samples, job.calib.size or job.fallback.samples)
+    samples = open_source(dataclasses.replace(job.calib, size=max(size, 1)))
+    targets = [
+        Target(key, profile, run_dir / filename)
+        for key, profile, filename in _profiles(job.targets, job.quant.ort_profile)
+    ]
+    return accuracy_aware(
+        targets,
+        run_dir / FP32_FILE,
+        calibration,
+        val_source,
+        samples,
+        preprocess,
+        job.fallback,
+        job.runtime.batch_size,
+        job.runtime.threads,
+        job.runtime.seed,
+        timer.progress,
+    )
 
 
 def _profiles(targets: Targets, ort_profile: str = "ort") -> list[tuple[str, QuantProfile, str]]:
@@ -685,6 +733,17 @@ def save_bench(run_dir: Path, rows: list[dict[str, Any]], settings: Any) -> None
             } | {"source": "levit-edge bench"}
     body = {k: v for k, v in manifest.items() if k not in ("files", "schema_version")}
     update_run(run_dir, lambda folder: write_reports(folder, report), body)  # all or nothing
+
+
+def save_sections(run_dir: Path, sections: dict[str, Any]) -> None:
+    """Store sections (``sensitivity``, ...) in a finished run's report.json; re-render and re-hash."""
+    from levit_edge.report.manifest import read_json
+
+    report = read_json(run_dir / "report.json")
+    manifest = read_json(run_dir / MANIFEST)
+    report.update(sections)
+    write_reports(run_dir, report)
+    write_manifest(run_dir, {k: v for k, v in manifest.items() if k not in ("files", "schema_version")})
 
 
 __all__ = ["MANIFEST", "ExportJob", "RunResult", "run_export", "validate_run"]

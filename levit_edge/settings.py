@@ -55,6 +55,28 @@ class GateSettings:
 
 
 @dataclass(frozen=True)
+class FallbackSettings:
+    """Accuracy-aware quantization: float layers until each INT8 artifact's drop fits ``budget``."""
+
+    budget: float | None = None  # top-1 points vs FP32; None = off. Also the gate's max drop when set.
+    max_float_layers: int = 8  # most layers any artifact may keep in float
+    samples: int = 32  # calibration images for the per-layer SQNR pass and per-tensor range fix
+    rank_images: int = 256  # validation images for each layer's "alone in float" effect
+
+    def __post_init__(self) -> None:
+        if self.budget is not None and not (math.isfinite(self.budget) and self.budget >= 0):
+            raise UserError(f"--accuracy-budget must be a non-negative number of points, got {self.budget}")
+        if self.max_float_layers < 0:
+            raise UserError(f"--max-float-layers must be at least 0, got {self.max_float_layers}")
+        if self.samples < 0 or self.rank_images < 1:
+            raise UserError("sensitivity needs samples >= 0 and rank_images >= 1")
+
+    @property
+    def enabled(self) -> bool:
+        return self.budget is not None
+
+
+@dataclass(frozen=True)
 class RuntimeSettings:
     """Execution knobs shared by calibration, validation and benchmarks."""
 
@@ -133,6 +155,8 @@ CONFIG_KEYS: dict[str, tuple[type, ...]] = {
     "skip_bad": (bool,),
     "exclude": (str,),
     "max_drop": (float, int),
+    "accuracy_budget": (float, int),
+    "max_float_layers": (int,),
     "batch_size": (int,),
     "threads": (int,),
     "seed": (int,),

@@ -14,7 +14,15 @@ from levit_edge.data.sources import DataSpec
 from levit_edge.export.onnx import DEFAULT_OPSET, ExportSettings
 from levit_edge.model.load import ModelSpec
 from levit_edge.pipeline import EngineOptions, ExportJob, RunResult, run_export
-from levit_edge.settings import GateSettings, QuantSettings, RuntimeSettings, Targets, load_config, pick
+from levit_edge.settings import (
+    FallbackSettings,
+    GateSettings,
+    QuantSettings,
+    RuntimeSettings,
+    Targets,
+    load_config,
+    pick,
+)
 
 _DATA = "Data"
 _QUANT = "Quantization"
@@ -82,6 +90,19 @@ def export_cli(
         None,
         "--max-drop",
         help="Largest allowed top-1 drop in points; above it exit 3 [default: 1.0].",
+        rich_help_panel=_QUANT,
+    ),
+    accuracy_budget: float | None = typer.Option(
+        None,
+        "--accuracy-budget",
+        help="Accuracy-aware INT8: when an INT8 model's top-1 drop exceeds POINTS, keep its most harmful "
+        "layers in float until it fits; also the gate (replaces --max-drop). Exit 3 if no step fits.",
+        rich_help_panel=_QUANT,
+    ),
+    max_float_layers: int | None = typer.Option(
+        None,
+        "--max-float-layers",
+        help="Most layers --accuracy-budget may keep in float per INT8 model [default: 8].",
         rich_help_panel=_QUANT,
     ),
     ort_profile: str | None = typer.Option(
@@ -154,6 +175,11 @@ def export_cli(
         ort_profile=p(ort_profile, "ort_profile", "ort"),
     )
     calib_path, val_path = path(calib, "calib"), path(val, "val")
+    budget = p(accuracy_budget, "accuracy_budget", None)
+    fallback = FallbackSettings(
+        budget=float(budget) if budget is not None else None,
+        max_float_layers=p(max_float_layers, "max_float_layers", 8),
+    )
     job = ExportJob(
         model=ModelSpec(
             name=p(model, "model", "levit_128s"),
@@ -176,7 +202,11 @@ def export_cli(
         if val_path
         else None,
         quant=quant,
-        gate=GateSettings(max_drop=float(p(max_drop, "max_drop", 1.0))),
+        # the accuracy budget is the gate too: a run that met it passes, one that could not fails (exit 3)
+        gate=GateSettings(
+            max_drop=fallback.budget if fallback.budget is not None else float(p(max_drop, "max_drop", 1.0))
+        ),
+        fallback=fallback,
         runtime=RuntimeSettings(
             batch_size=p(batch_size, "batch_size", 32), threads=p(threads, "threads", None), seed=seed_value
         ),
@@ -205,6 +235,9 @@ def describe_result(result: RunResult) -> str:
         )
     if not acc and rep.get("agreement"):
         parts.extend(f"{k} agreement {v:.2f}%," for k, v in rep["agreement"].items())
+    for art, info in rep.get("accuracy_budget", {}).get("artifacts", {}).items():
+        if info.get("promoted"):
+            parts.append(f"{art} with {len(info.get('float_layers') or [])} layer(s) in float,")
     if result.status == "unvalidated":
         parts.append("accuracy NOT checked (no --val),")
     parts.append(f"report {result.run_dir / 'report.html'}")

@@ -162,32 +162,54 @@ def per_class_delta(rows: Sequence[Mapping[str, Any]], artifact: str, top: int =
     )
 
 
-def sensitivity(rows: Sequence[Mapping[str, Any]], top: int = 20) -> bytes | None:
-    """SQNR of the ``top`` most sensitive layers (lowest SQNR first)."""
+def _tail(name: Any) -> str:
+    """Node names differ at their end (``.../blocks.1/attn/qkv/Gemm``): keep the tail when shortening."""
+    s = str(name)
+    return s if len(s) <= _LABEL_CHARS else "…" + s[-(_LABEL_CHARS - 1) :]
+
+
+def sensitivity(
+    rows: Sequence[Mapping[str, Any]], top: int = 20, artifact: str | None = None
+) -> bytes | None:
+    """SQNR of the ``top`` first layers of ``rows`` (ranked rows keep their order; else lowest SQNR first)."""
     if not rows:
         return None
-    ranked = sorted(rows, key=lambda r: (_finite([r.get("sqnr_db")])[0], str(r.get("node"))))[:top]
+    if any("rank" in r for r in rows):
+        ranked = sorted(rows, key=lambda r: (_finite([r.get("rank")])[0], str(r.get("node"))))[:top]
+        what = "most harmful"
+    else:
+        ranked = sorted(rows, key=lambda r: (_finite([r.get("sqnr_db")])[0], str(r.get("node"))))[:top]
+        what = "lowest"
+    prefix = f"{artifact}: " if artifact else ""
     return bar_chart(
-        [r.get("node") for r in ranked],
+        [_tail(r.get("node")) for r in ranked],
         [r.get("sqnr_db") for r in ranked],
-        title=f"Per-layer SQNR, {len(ranked)} most sensitive of {len(rows)} (lower = more damaged)",
+        title=f"{prefix}output SQNR vs FP32 (dB), {len(ranked)} {what} of {len(rows)} layers",
         xlabel="SQNR (dB)",
     )
 
 
-def fallback_curve(steps: Sequence[Mapping[str, Any]], max_drop: float | None = None) -> bytes | None:
-    """Top-1 drop against the number of layers kept in float, one point per fallback step."""
+def fallback_curve(
+    steps: Sequence[Mapping[str, Any]], max_drop: float | None = None, artifact: str | None = None
+) -> bytes | None:
+    """Top-1 drop against the number of layers kept in float, one point per fallback step (by layer count)."""
     if not steps:
         return None
-    xs = [len(s.get("float_layers") or []) for s in steps]
+    ordered = sorted(steps, key=lambda s: (len(s.get("float_layers") or []), _finite([s.get("step")])[0]))
+    xs = [len(s.get("float_layers") or []) for s in ordered]
+    labels = [
+        "ranges" if s.get("action") == "ranges" else ("chosen" if s.get("chosen") else "") for s in ordered
+    ]
+    prefix = f"{artifact}: " if artifact else ""
     return line_chart(
         xs,
-        [s.get("drop") for s in steps],
-        title="Accuracy-aware fallback: drop vs layers kept in float",
+        [s.get("drop") for s in ordered],
+        title=f"{prefix}accuracy-aware fallback, drop vs layers kept in float",
         xlabel="layers kept in float",
         ylabel="top-1 drop (points)",
         reference=max_drop,
         reference_label=f"max drop {max_drop:g}" if max_drop is not None else None,
+        point_labels=labels,
     )
 
 

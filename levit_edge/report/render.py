@@ -786,21 +786,69 @@ def _environment(report: Mapping[str, Any]) -> Section | None:
     return Section("Environment", blocks)
 
 
+_SENSITIVITY_COLUMNS = (
+    "rank", "node", "op_type", "sqnr_db", "input_sqnr_db", "weight_sqnr_db", "agreement_delta", "kl",
+    "kl_gain",
+)  # fmt: skip
+_FALLBACK_COLUMNS = (
+    "step", "action", "float layers", "top1", "drop", "agreement", "kl", "size", "latency_ms",
+    "range_overrides", "meets_budget", "chosen",
+)  # fmt: skip
+
+
+def _ordered(
+    row: Mapping[str, Any], first: Sequence[str], skip: Sequence[str] = ("artifact",)
+) -> dict[str, Any]:
+    """``row`` with the ``first`` columns in that order (report.json comes back with sorted keys)."""
+    head = {k: row[k] for k in first if k in row}
+    return head | {k: v for k, v in row.items() if k not in head and k not in skip}
+
+
+def _by_artifact(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(str(r.get("artifact") or ""), []).append(r)
+    return groups
+
+
 def _sensitivity(report: Mapping[str, Any], plots: bool) -> Section | None:
     rows = report.get("sensitivity")
     if not rows:
         return None
+    if not (isinstance(rows, list | tuple) and all(isinstance(r, Mapping) for r in rows)):
+        return Section("Layer sensitivity", _generic(rows, TOP_SENSITIVE))
     blocks: list[Block] = []
-    if isinstance(rows, list | tuple) and all(isinstance(r, Mapping) for r in rows):
-        rows = sorted(rows, key=lambda r: (_num(r.get("sqnr_db")) or 0.0, str(r.get("node"))))
-        blocks.append(Para("Per-layer quantization sensitivity, lowest SQNR (most damaged) first."))
+    ranked = any("rank" in r for r in rows)
+    blocks.append(
+        Para(
+            "Per-layer quantization sensitivity: SQNR (dB) of each quantized node's output vs FP32 on "
+            "calibration images, and the top-1 agreement gained and KL left when that node alone stays in "
+            "float; ranked by the KL it removes (most harmful first)."
+            if ranked
+            else "Per-layer quantization sensitivity, lowest SQNR (most damaged) first."
+        )
+    )
+    info = [i for i in _seq(report.get("sensitivity_info")) if isinstance(i, Mapping)]
+    if info:
+        blocks += _generic(info)
+    for artifact, group in _by_artifact(rows).items():
+        group = sorted(
+            group,
+            key=lambda r: (
+                (_num(r.get("rank")) or 0.0, str(r.get("node")))
+                if ranked
+                else (_num(r.get("sqnr_db")) or 0.0, str(r.get("node")))
+            ),
+        )
+        if artifact:
+            blocks.append(Sub(artifact))
         if plots:
             from levit_edge.report import plots as p
 
-            png = p.sensitivity(rows, TOP_SENSITIVE)
+            png = p.sensitivity(group, TOP_SENSITIVE, artifact or None)
             if png is not None:
-                blocks.append(Image(png, "per-layer SQNR"))
-    blocks += _generic(rows, TOP_SENSITIVE)
+                blocks.append(Image(png, f"per-layer SQNR {artifact}".strip()))
+        blocks += _generic([_ordered(r, _SENSITIVITY_COLUMNS) for r in group], TOP_SENSITIVE)
     return Section("Layer sensitivity", blocks)
 
 
@@ -808,14 +856,42 @@ def _fallback(report: Mapping[str, Any], plots: bool) -> Section | None:
     steps = report.get("fallback")
     if not steps:
         return None
-    blocks: list[Block] = [Para("Accuracy-aware fallback: layers returned to float step by step.")]
-    if plots and isinstance(steps, list | tuple) and all(isinstance(s, Mapping) for s in steps):
-        from levit_edge.report import plots as p
+    blocks: list[Block] = [
+        Para(
+            "Accuracy-aware fallback: the most harmful layers return to float step by step until the top-1 "
+            "drop fits the budget; only a step that fits replaces the INT8 model (chosen)."
+        )
+    ]
+    budget = _map(report.get("accuracy_budget"))
+    for info in _map(budget.get("artifacts")).values():
+        if isinstance(info, Mapping):
+            blocks.append(Para(f"{_fmt(info.get('message'))}."))
+    if not (isinstance(steps, list | tuple) and all(isinstance(s, Mapping) for s in steps)):
+        return Section("Fallback", [*blocks, *_generic(steps)])
+    for artifact, group in _by_artifact(steps).items():
+        if artifact:
+            blocks.append(Sub(artifact))
+        if plots:
+            from levit_edge.report import plots as p
 
-        png = p.fallback_curve(steps, _max_drop(report))
-        if png is not None:
-            blocks.append(Image(png, "fallback: drop vs layers kept in float"))
-    return Section("Fallback", [*blocks, *_generic(steps)])
+            png = p.fallback_curve(group, _max_drop(report), artifact or None)
+            if png is not None:
+                blocks.append(Image(png, f"fallback {artifact}: drop vs layers kept in float".strip()))
+        rows = [
+            _ordered(
+                {**s, "float layers": len(_seq(s.get("float_layers")))},
+                _FALLBACK_COLUMNS,
+                ("artifact", "float_layers"),
+            )
+            for s in group
+        ]
+        blocks += _generic(rows)
+        chosen = [s for s in group if s.get("chosen") and _seq(s.get("float_layers"))]
+        if chosen:
+            blocks.append(
+                Para("Layers kept in float: " + ", ".join(map(str, _seq(chosen[0]["float_layers"]))))
+            )
+    return Section("Fallback", blocks)
 
 
 def _bench(report: Mapping[str, Any]) -> Section | None:
@@ -832,7 +908,8 @@ KNOWN = {
     "schema_version", "levit_edge_version", "status", "run", "model", "preprocess", "parity", "artifacts",
     "sizes", "thresholds", "stages", "environment", "trtexec", "options", "calibration", "quantization",
     "engine", "validation", "accuracy", "drop", "agreement", "kl", "cosine", "per_class",
-    "confusion_changes", "latency", "gate", "bench", "sensitivity", "fallback", "firmware",
+    "confusion_changes", "latency", "gate", "bench", "sensitivity", "fallback", "sensitivity_info",
+    "accuracy_budget", "firmware",
 }  # fmt: skip
 
 
