@@ -112,7 +112,9 @@ class Targets:
         if target == "trt" and not int8:
             raise UserError("--target trt builds an INT8 TensorRT model: add --int8")
         if target == "onnx" and int8:
-            raise UserError("--int8 needs --target ort, trt or all (--target onnx writes only the FP32 model)")
+            raise UserError(
+                "--int8 needs --target ort, trt or all (--target onnx writes only the FP32 model)"
+            )
         return cls(frozenset(names), int8, engine, ort_format_fp32)
 
     @property
@@ -185,20 +187,39 @@ def load_config(path: Path) -> dict[str, Any]:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"config file {path} is not valid TOML: {exc}") from None
-    table: Mapping[str, Any] = raw.get("export", raw) if isinstance(raw.get("export"), dict) else raw
+    table: Mapping[str, Any] = raw
+    if isinstance(raw.get("export"), dict):
+        outside = sorted(k for k in raw if k != "export")
+        if outside:
+            raise UserError(
+                f"config file {path}: '{outside[0]}' is outside the [export] table "
+                "(put every option in the table, or drop the table)"
+            )
+        table = raw["export"]
     out: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
     for key, value in table.items():
         norm = key.replace("-", "_")
         if norm not in CONFIG_KEYS:
             raise UserError(
                 f"config file {path}: unknown key '{key}' (valid: {', '.join(sorted(CONFIG_KEYS))})"
             )
+        if norm in spelled:
+            raise UserError(f"config file {path}: '{key}' is given twice (also as '{spelled[norm]}')")
+        spelled[norm] = key
         types = CONFIG_KEYS[norm]
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             names = " or ".join(t.__name__ for t in types)
             raise UserError(f"config file {path}: '{key}' must be {names}, got {value!r}")
-        if norm in _PATH_KEYS and not Path(str(value)).is_absolute():
-            value = str((path.parent / str(value)).resolve())
+        if isinstance(value, str) and "\x00" in value:
+            raise UserError(f"config file {path}: '{key}' contains a NUL character")
+        if norm in _PATH_KEYS and isinstance(value, str):
+            if not value.strip():
+                raise UserError(f"config file {path}: '{key}' is an empty path")
+            if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+                raise UserError(f"config file {path}: '{key}' contains a control character: {value!r}")
+            if not Path(value).is_absolute():
+                value = str((path.parent / value).resolve())
         out[norm] = value
     return out
 
