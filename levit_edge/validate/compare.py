@@ -46,25 +46,35 @@ def evaluate(
     batch_size: int = 32,
     progress: Progress | None = None,
 ) -> Evaluation:
-    """Decode and preprocess each batch once, then run it through every runner."""
-    outputs: dict[str, list[np.ndarray]] = {name: [] for name in runners}
+    """Decode and preprocess each batch once, then run it through every runner.
+
+    Images stream (about three batches alive at a time); each runner's logits go straight into one array
+    of ``len(source)`` rows, allocated at the first batch, so the whole set's logits exist once (no list of
+    chunks concatenated into a second copy at the end).
+    """
+    outputs: dict[str, np.ndarray] = {}
     labels: list[np.ndarray] = []
     names: list[str] = []
     total, done = len(source), 0
     with contextlib.ExitStack() as stack:
         active = {name: stack.enter_context(r) for name, r in runners.items()}
         for batch in source.batches(preprocess, batch_size):
+            n = len(batch.names)
             for name, runner in active.items():
-                outputs[name].append(runner.infer(batch.images))
+                out = runner.infer(batch.images)
+                if name not in outputs:
+                    outputs[name] = np.empty((total, *out.shape[1:]), dtype=out.dtype)
+                outputs[name][done : done + n] = out
             if batch.labels is not None:
                 labels.append(batch.labels)
             names.extend(batch.names)
-            done += len(batch.names)
+            done += n
             if progress:
                 progress(done, total)
     if done == 0:
         raise UserError("the validation set yielded no readable images")
-    logits = {name: np.concatenate(chunks) for name, chunks in outputs.items()}
+    # unreadable images skipped with skip_bad leave rows unused at the end: keep only the filled ones
+    logits = {name: out[:done] for name, out in outputs.items()}
     return Evaluation(
         logits=logits,
         labels=np.concatenate(labels) if source.labelled and labels else None,
