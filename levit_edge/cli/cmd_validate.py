@@ -58,5 +58,7 @@ def verify_cli(run_dir: Path = typer.Argument(..., help="A run directory with a 
     for line in problems:
         console.print(f"mismatch: {line}", markup=False)
     if problems:
-        raise UserError(f"{run_dir}: {len(problems)} file(s) do not match manifest.json")
+        names = [line.split(":", 1)[0] for line in problems]
+        listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise UserError(f"{run_dir}: {len(problems)} file(s) do not match manifest.json: {listed}")
     summary(f"{run_dir}: every file matches manifest.json")
