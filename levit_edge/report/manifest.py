@@ -30,6 +30,18 @@ _PARTIAL = re.compile(r"\.(?P<name>.+)\.partial-")
 _DEFERRED_SIGNALS = tuple(getattr(signal, s) for s in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, s))
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp/mkdtemp create 0600 files and 0700 folders; a finished run gets the modes an ordinary write
+# would give it (0644 / 0755 under the usual umask), so a CI uploader or another user can read it.
+_FILE_MODE = 0o666 & ~_umask()
+_DIR_MODE = 0o777 & ~_umask()
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -80,6 +92,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
             raise write_error(path, exc) from None
         raise
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
@@ -252,6 +265,7 @@ class StagedRun:
                 self.dir = Path(
                     tempfile.mkdtemp(prefix=f".{name}.partial-", suffix=f"-{os.getpid()}", dir=out)
                 )
+                self.dir.chmod(_DIR_MODE)
             except OSError as exc:
                 if exc.errno in WRITE_ERRNOS:
                     raise UserError(f"cannot write to output directory {out}: {exc.strerror}") from None
