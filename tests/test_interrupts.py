@@ -350,3 +350,13 @@ def test_run_names_cannot_leave_the_output_folder(tmp_path: Path, name: str) -> 
     with pytest.raises(UserError, match="plain directory name"):
         StagedRun(tmp_path, name, force=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_finished_run_has_ordinary_file_modes(tmp_path: Path) -> None:
+    # mkstemp/mkdtemp make 0600/0700: a run must be readable like any file its user writes
+    mask = os.umask(0o022)
+    os.umask(mask)
+    final = _complete_run(tmp_path, "r", "x")
+    assert final.stat().st_mode & 0o777 == 0o777 & ~mask
+    for path in final.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path.name
