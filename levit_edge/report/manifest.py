@@ -73,6 +73,8 @@ def write_error(path: Path, exc: OSError) -> UserError:
     match = _PARTIAL.match(path.parent.name)
     if match:
         where = f"{path.name} of run {path.parent.parent / match['name']}"
+    elif path.parent.name.startswith(".update-"):  # update_run's staging folder inside the run
+        where = f"{path.name} of run {path.parent.parent}"
     code = errno.errorcode.get(exc.errno or 0, "")
     return UserError(f"cannot write {where}: {exc.strerror or exc}{f' [{code}]' if code else ''}")
 
@@ -92,8 +94,8 @@ def write_atomic(path: Path, data: bytes | str) -> None:
             raise write_error(path, exc) from None
         raise
     try:
-        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), _FILE_MODE)
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
