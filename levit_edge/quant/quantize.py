@@ -76,6 +76,8 @@ def quantize(
         qmodel = onnx.load(str(tmp_out))
     if profile.float_bypass:
         bypass_unquantized_consumers(qmodel, set(nodes))
+    if exclude:
+        read_float_inputs(qmodel, set(selected) - set(nodes))
     qmodel.producer_name = "levit-edge"
     del qmodel.metadata_props[:]
     props = {p.key: p.value for p in model.metadata_props}
@@ -90,6 +92,29 @@ def quantize(
     return QuantResult(out, profile.name, len(nodes), tuple(sorted(set(selected) - set(nodes))), pairs)
 
 
+def read_float_inputs(model: onnx.ModelProto, nodes: set[str]) -> int:
+    """Make ``nodes`` (the excluded ones) read the float tensor behind any Q/DQ pair on their inputs.
+
+    The quantizer still puts a pair on a tensor that an excluded node shares with a quantized one, and hands
+    the dequantized copy to both: the "float" layer would then compute on a fake-quantized input and keep
+    part of the error the fallback meant to remove. Returns the number of inputs rewired.
+    """
+    inits = {i.name for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    rewired = 0
+    for node in model.graph.node:
+        if node.name not in nodes:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear" and q.input[0] not in inits:
+                node.input[i] = q.input[0]
+                rewired += 1
+    _drop_unused_qdq(model)
+    return rewired
+
+
 def bypass_unquantized_consumers(model: onnx.ModelProto, quantized: set[str]) -> int:
     """Let nodes outside ``quantized`` read an activation's float tensor instead of its Q/DQ copy.
 
@@ -100,7 +125,6 @@ def bypass_unquantized_consumers(model: onnx.ModelProto, quantized: set[str]) ->
     """
     inits = {i.name for i in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
-    outputs = {o.name for o in model.graph.output}
     rewired = 0
     for node in model.graph.node:
         if node.name in quantized or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
@@ -119,6 +143,12 @@ def bypass_unquantized_consumers(model: onnx.ModelProto, quantized: set[str]) ->
                 continue
             node.input[i] = q.input[0]
             rewired += 1
+    _drop_unused_qdq(model)
+    return rewired
+
+
+def _drop_unused_qdq(model: onnx.ModelProto) -> None:
+    outputs = {o.name for o in model.graph.output}
     used = {i for n in model.graph.node for i in n.input} | outputs
     while True:  # drop pairs nobody reads any more (DQ first, then its Q)
         dead = [
@@ -131,4 +161,3 @@ def bypass_unquantized_consumers(model: onnx.ModelProto, quantized: set[str]) ->
         for n in dead:
             model.graph.node.remove(n)
         used = {i for n in model.graph.node for i in n.input} | outputs
-    return rewired

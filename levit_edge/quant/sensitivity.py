@@ -140,12 +140,17 @@ def quantized_inputs(qdq: onnx.ModelProto, nodes: Sequence[str]) -> dict[str, li
     return out
 
 
-def float_only(qdq: onnx.ModelProto, fp32: onnx.ModelProto, nodes: Collection[str]) -> onnx.ModelProto:
+def float_only(
+    qdq: onnx.ModelProto, fp32: onnx.ModelProto, nodes: Collection[str], profile: QuantProfile
+) -> onnx.ModelProto:
     """A copy of ``qdq`` where ``nodes`` read their FP32 inputs (weights and activations) instead of Q/DQ.
 
-    Q/DQ pairs left without readers are removed, as are initializers nobody uses, so the result is what
-    the quantizer writes when those nodes are excluded.
+    Q/DQ pairs left without readers are removed, as are initializers nobody uses, and a ``float_bypass``
+    profile's rule is re-applied (float consumers of a now-float node's output read it unquantized), so the
+    result is what :func:`~levit_edge.quant.quantize.quantize` writes with those nodes excluded.
     """
+    from levit_edge.quant.quantize import bypass_unquantized_consumers
+
     out = onnx.ModelProto()
     out.CopyFrom(qdq)
     graph = out.graph
@@ -175,6 +180,8 @@ def float_only(qdq: onnx.ModelProto, fp32: onnx.ModelProto, nodes: Collection[st
                     have.add(target)
                 source = target
             node.input[i] = source
+    if profile.float_bypass:
+        bypass_unquantized_consumers(out, set(quantized_nodes(out, profile, fp32)))
     _drop_dead(graph)
     return out
 
@@ -326,7 +333,7 @@ def measure(
         progress(2, total)
     effects: dict[str, tuple[float, float]] = {}
     for i, name in enumerate(nodes):
-        variant = float_only(qdq, fp32, [name]).SerializeToString()
+        variant = float_only(qdq, fp32, [name], profile).SerializeToString()
         logits = run_logits(variant, rank_batches, threads)
         effects[name] = (agreement(ref, logits) - base_agree, mean_kl(ref, logits))
         if progress:
