@@ -11,7 +11,7 @@ Two measures per quantized node, both against the FP32 model:
 Layers are ranked by the KL they remove (``kl_gain``): KL is continuous, while agreement on a few hundred
 images moves in steps of 1/n and ties for most layers. The "alone in float" variant is made by removing
 that node's Q/DQ from the all-quantized graph (:func:`float_only`), which is what re-quantizing with
-``exclude=[node]`` produces (checked by the tests) at a twentieth of the cost.
+``exclude=[node]`` produces (checked by the tests) in ~15 ms instead of a 3-5 s quantizer run per layer.
 """
 
 from __future__ import annotations
