@@ -50,24 +50,53 @@ def _tokens(rank: int, n: int, c: int) -> tuple[int, ...]:
     return (-1, c) if rank == 2 else (-1, n, c)
 
 
-class StaticAttention(nn.Module):
-    """LeViT self-attention with the bias baked in (token layout B,N,C or conv layout B,C,H,W)."""
+class _BakedBiasAttention(nn.Module):
+    """What LeViT's two attention kinds share: head sizes, the baked bias, scale, softmax and output."""
 
-    def __init__(self, timm_attn: Attention) -> None:
-        super().__init__()
-        attn: Any = timm_attn  # timm's attributes are untyped (int | tuple unions, Tensor | Module)
+    use_conv: bool
+    num_heads: int
+    key_dim: int
+    val_dim: int
+    val_attn_dim: int
+    scale: float
+    attention_bias: torch.Tensor
+
+    def _take_common(self, attn: Any) -> None:
+        """Copy head sizes and the output projection, bake the bias; call after the input projections."""
         self.use_conv = bool(attn.use_conv)
         self.num_heads = int(attn.num_heads)
         self.key_dim = int(attn.key_dim)
         self.val_dim = int(attn.val_dim)
         self.val_attn_dim = int(attn.val_attn_dim)
-        self.tokens = int(attn.resolution[0] * attn.resolution[1])
         self.resolution = tuple(int(r) for r in attn.resolution)
-        self.qkv = attn.qkv
         self.proj = attn.proj
         bias = attn.attention_biases.detach()[:, attn.attention_bias_idxs].clone()
-        self.register_buffer("attention_bias", bias.unsqueeze(0))  # (1, heads, N, N)
+        self.register_buffer("attention_bias", bias.unsqueeze(0))  # (1, heads, Nq, Nk)
         self.scale = float(attn.scale)
+
+    def _attend(
+        self, logits: torch.Tensor, v: torch.Tensor, conv_shape: tuple[int, int], tokens: int, rank: int
+    ) -> torch.Tensor:
+        """Scale (if not folded), add the bias, softmax, weight the values and project."""
+        if self.scale != 1.0:
+            logits = logits * self.scale
+        attn = (logits + self.attention_bias).softmax(dim=-1)
+        if self.use_conv:
+            x = (v @ attn.transpose(-2, -1)).reshape(-1, self.val_attn_dim, *conv_shape)
+        else:
+            x = (attn @ v).transpose(1, 2).reshape(_tokens(rank, tokens, self.val_attn_dim))
+        return self.proj(x)
+
+
+class StaticAttention(_BakedBiasAttention):
+    """LeViT self-attention with the bias baked in (token layout B,N,C or conv layout B,C,H,W)."""
+
+    def __init__(self, timm_attn: Attention) -> None:
+        super().__init__()
+        attn: Any = timm_attn  # timm's attributes are untyped (int | tuple unions, Tensor | Module)
+        self.qkv = attn.qkv
+        self._take_common(attn)
+        self.tokens = int(attn.resolution[0] * attn.resolution[1])
         if _scale_is_exact(self.scale):
             rows = _split_qkv_rows(self.num_heads, self.key_dim, self.val_dim)
             _fold_scale(self.qkv, rows, self.scale)
@@ -78,48 +107,33 @@ class StaticAttention(nn.Module):
         rank = x.dim()  # token layout: 2 in the fused trunk (B*N, C), 3 when called on (B, N, C)
         if self.use_conv:
             q, k, v = self.qkv(x).reshape(-1, h, 2 * kd + vd, n).split([kd, kd, vd], dim=2)
-            attn = q.transpose(-2, -1) @ k
+            logits = q.transpose(-2, -1) @ k
         else:
             q, k, v = self.qkv(x).reshape(-1, n, h, 2 * kd + vd).split([kd, kd, vd], dim=3)
             q = q.permute(0, 2, 1, 3)
             v = v.permute(0, 2, 1, 3)
-            attn = q @ k.permute(0, 2, 3, 1)
-        if self.scale != 1.0:
-            attn = attn * self.scale
-        attn = (attn + self.attention_bias).softmax(dim=-1)
-        if self.use_conv:
-            x = (v @ attn.transpose(-2, -1)).reshape(-1, self.val_attn_dim, *self.resolution)
-        else:
-            x = (attn @ v).transpose(1, 2).reshape(_tokens(rank, n, self.val_attn_dim))
-        return self.proj(x)
+            logits = q @ k.permute(0, 2, 3, 1)
+        rh, rw = self.resolution
+        return self._attend(logits, v, (rh, rw), n, rank)
 
 
-class StaticAttentionDownsample(nn.Module):
+class StaticAttentionDownsample(_BakedBiasAttention):
     """LeViT's shrinking attention (queries from a strided subsample) with the bias baked in."""
 
     def __init__(self, timm_attn: AttentionDownsample) -> None:
         super().__init__()
         attn: Any = timm_attn
-        self.use_conv = bool(attn.use_conv)
-        self.num_heads = int(attn.num_heads)
-        self.key_dim = int(attn.key_dim)
-        self.val_dim = int(attn.val_dim)
-        self.val_attn_dim = int(attn.val_attn_dim)
-        self.stride = int(attn.stride)
-        self.resolution = tuple(int(r) for r in attn.resolution)
-        self.out_resolution = tuple((r - 1) // self.stride + 1 for r in self.resolution)
-        self.kv = attn.kv
-        self.in_dim = int(attn.kv.weight.shape[1])
         down = attn.q.down
         if getattr(down, "pool", None) is not None or (
             isinstance(down, nn.AvgPool2d) and down.kernel_size != 1
         ):
             raise UserError("LeViT variants with pooled attention downsampling are not supported")
+        self.kv = attn.kv
         self.q_proj = attn.q.ln
-        self.proj = attn.proj
-        bias = attn.attention_biases.detach()[:, attn.attention_bias_idxs].clone()
-        self.register_buffer("attention_bias", bias.unsqueeze(0))
-        self.scale = float(attn.scale)
+        self._take_common(attn)
+        self.stride = int(attn.stride)
+        self.out_resolution = tuple((r - 1) // self.stride + 1 for r in self.resolution)
+        self.in_dim = int(attn.kv.weight.shape[1])
         if _scale_is_exact(self.scale):
             _fold_scale(self.q_proj, None, self.scale)
             self.scale = 1.0
@@ -132,22 +146,15 @@ class StaticAttentionDownsample(nn.Module):
         if self.use_conv:
             k, v = self.kv(x).reshape(-1, h, kd + vd, n).split([kd, vd], dim=2)
             q = self.q_proj(x[:, :, ::s, ::s]).reshape(-1, h, kd, nq)
-            attn = q.transpose(-2, -1) @ k
+            logits = q.transpose(-2, -1) @ k
         else:
             k, v = self.kv(x).reshape(-1, n, h, kd + vd).split([kd, vd], dim=3)
             c = self.in_dim  # a constant: reading x.shape would export Shape/Gather arithmetic
             sub = x.reshape(-1, rh, rw, c)[:, ::s, ::s].reshape(_tokens(rank, nq, c))
             q = self.q_proj(sub).reshape(-1, nq, h, kd).permute(0, 2, 1, 3)
             v = v.permute(0, 2, 1, 3)
-            attn = q @ k.permute(0, 2, 3, 1)
-        if self.scale != 1.0:
-            attn = attn * self.scale
-        attn = (attn + self.attention_bias).softmax(dim=-1)
-        if self.use_conv:
-            x = (v @ attn.transpose(-2, -1)).reshape(-1, self.val_attn_dim, oh, ow)
-        else:
-            x = (attn @ v).transpose(1, 2).reshape(_tokens(rank, nq, self.val_attn_dim))
-        return self.proj(x)
+            logits = q @ k.permute(0, 2, 3, 1)
+        return self._attend(logits, v, (oh, ow), nq, rank)
 
 
 class FusedLevit(nn.Module):
