@@ -34,6 +34,7 @@ from levit_edge.export.onnx import (
 from levit_edge.export.ort_format import OrtFormatResult, convert_to_ort, ort_format_runners, split_parity
 from levit_edge.model.fuse import check_parity, fuse_levit
 from levit_edge.model.load import LoadedModel, ModelSpec, load_model
+from levit_edge.pausepoint import pause_point
 from levit_edge.quant.calibrate import CALIBRATION_FILE, Calibration, calibrate, describe
 from levit_edge.quant.fallback import Outcome, Target, accuracy_aware, report_sections
 from levit_edge.quant.profiles import ORT_PROFILES, PROFILES, TRT_PROFILE, QuantProfile
@@ -130,6 +131,7 @@ class _Timer:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        pause_point(f"stage:{name}")
         if self.hooks:
             self.hooks.stage(name)
         start = time.perf_counter()

@@ -1,17 +1,18 @@
 """Interrupted runs leave the previous complete run or nothing; a second run is byte-identical; verify.
 
 Real ``levit-edge export`` processes (INT8 for ONNX Runtime and TensorRT, validated) on the trained
-fixture are killed at each stage, seen from the outside by the files that appear in the hidden staged
-directory:
+fixture are held at a stage's pause point (``LEVIT_EDGE_PAUSE_AT``, see levit_edge/pausepoint.py) and
+signalled there, so each signal lands inside its stage on any machine, however fast or loaded:
 
-==========================  ========================================  =========
-signal                      sent when                                 stage
-==========================  ========================================  =========
-SIGINT                      ``.A.partial-*`` appears                  load / fuse / export
-SIGTERM                     ``model.fp32.onnx`` appears               calibration
-SIGTERM (new run B)         ``model.int8.ort.onnx`` appears           quantization
-SIGKILL                     ``model.int8.trt.onnx`` appears           check-trt / validation
-==========================  ========================================  =========
+==========================  ========================  =========================================
+signal                      pause point               stage
+==========================  ========================  =========================================
+SIGINT                      ``stage:load``            load (staged directory exists, still empty)
+SIGHUP                      ``stage:export``          ONNX export
+SIGTERM                     ``stage:calibrate``       calibration (``model.fp32.onnx`` written)
+SIGTERM (new run B)         ``stage:quantize.trt``    quantization (``model.int8.ort.onnx`` written)
+SIGKILL                     ``stage:validate``        validation (both INT8 models written)
+==========================  ========================  =========================================
 
 Every kill of ``A`` runs with ``--force`` over a complete ``A``, which must come out byte for byte as it
 was. The same export then runs once more to completion: it removes the SIGKILL's leftover and must
@@ -38,6 +39,7 @@ import pytest
 
 from levit_edge.errors import UserError
 from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.pausepoint import ENV as PAUSE_ENV
 from levit_edge.report.manifest import (
     MANIFEST,
     StagedRun,
@@ -80,11 +82,11 @@ class Env:
 @dataclass(frozen=True)
 class Killed:
     signal: str
-    trigger: str
+    point: str
     returncode: int
     stderr: str
-    seconds: float
     seen: list[str]  # the staged directory's entries when the signal went
+    own_leftovers: list[str]  # entries of out (and TMPDIR) named after this process, once it ended
 
 
 def run_to_completion(env: Env, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -95,34 +97,44 @@ def run_to_completion(env: Env, name: str, *extra: str) -> subprocess.CompletedP
     return proc
 
 
-def kill_when(env: Env, name: str, sig: signal.Signals, trigger: str, *extra: str) -> Killed:
-    """Start an export, wait until ``trigger`` exists in its staged directory ('' = the directory
-    itself), send ``sig``, and wait for the process to end."""
-    start = time.monotonic()
+def kill_at(env: Env, name: str, sig: signal.Signals, point: str, *extra: str) -> Killed:
+    """Start an export held at pause point ``point`` (levit_edge.pausepoint), send ``sig`` once it is
+    there, and wait for the process to end. The run is certain to be inside that stage when the signal
+    lands, however fast or loaded the machine."""
+    marker = env.root / f"paused-{name}-{point.replace(':', '-')}"
+    marker.unlink(missing_ok=True)
     proc = subprocess.Popen(
         env.command(name, *extra),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env=env.env(),
+        env={**env.env(), PAUSE_ENV: f"{point}={marker}"},
         start_new_session=True,
     )
     seen: list[str] = []
     try:
-        while proc.poll() is None and time.monotonic() - start < TIMEOUT:
-            staged = sorted(env.out.glob(f".{name}.partial-*-{proc.pid}"))
-            if staged and (not trigger or (staged[0] / trigger).exists()):
-                seen = sorted(p.name for p in staged[0].iterdir())
-                proc.send_signal(sig)
-                break
+        deadline = time.monotonic() + TIMEOUT
+        while proc.poll() is None and not marker.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
+        if proc.poll() is None and marker.exists():
+            assert marker.read_text().strip() == str(proc.pid)
+            staged = sorted(env.out.glob(f".{name}.partial-*-{proc.pid}"))
+            seen = sorted(p.name for p in staged[0].iterdir()) if staged else []
+            proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert seen, f"the run ended (exit {proc.returncode}) before {trigger or 'staging'}: {stderr[-2000:]}"
-    return Killed(sig.name, trigger, proc.returncode, stderr, round(time.monotonic() - start, 1), seen)
+    assert marker.exists(), f"the run ended (exit {proc.returncode}) before {point}: {stderr[-2000:]}"
+    own = sorted(
+        str(p.relative_to(env.root))
+        for folder in (env.out, env.tmp)
+        if folder.is_dir()
+        for p in folder.iterdir()
+        if str(proc.pid) in p.name
+    )
+    return Killed(sig.name, point, proc.returncode, stderr, seen, own)
 
 
 @dataclass(frozen=True)
@@ -167,10 +179,11 @@ def runs(trained_fixture: Fixture, tmp_path_factory: pytest.TempPathFactory) -> 
     first_report = json.loads((out / "A" / "report.json").read_text())
 
     killed = {
-        "export": kill_when(env, "A", signal.SIGINT, "", "--force"),
-        "calibration": kill_when(env, "A", signal.SIGTERM, "model.fp32.onnx", "--force"),
-        "quantization-new-run": kill_when(env, "B", signal.SIGTERM, "model.int8.ort.onnx"),
-        "validation": kill_when(env, "A", signal.SIGKILL, "model.int8.trt.onnx", "--force"),
+        "export": kill_at(env, "A", signal.SIGINT, "stage:load", "--force"),
+        "calibration": kill_at(env, "A", signal.SIGTERM, "stage:calibrate", "--force"),
+        "quantization-new-run": kill_at(env, "B", signal.SIGTERM, "stage:quantize.trt"),
+        "hangup": kill_at(env, "A", signal.SIGHUP, "stage:export", "--force"),
+        "validation": kill_at(env, "A", signal.SIGKILL, "stage:validate", "--force"),
     }
     after_kills = snapshot(out / "A")
     leftovers = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
@@ -183,26 +196,42 @@ def runs(trained_fixture: Fixture, tmp_path_factory: pytest.TempPathFactory) -> 
 # ---- kills ----------------------------------------------------------------------------------------------
 
 
+# For each kill: the files its staged directory must (and must not yet) hold when the signal went.
+STAGE_FILES = {
+    "export": ((), ("model.fp32.onnx",)),
+    "hangup": ((), ("model.fp32.onnx",)),
+    "calibration": (("model.fp32.onnx",), ("calibration.json",)),
+    "quantization-new-run": (("calibration.json", "model.int8.ort.onnx"), ("model.int8.trt.onnx",)),
+    "validation": (("model.int8.trt.onnx",), ("report.json", MANIFEST)),
+}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("stage", "code"), [("export", 130), ("calibration", 143), ("quantization-new-run", 143)]
+    ("stage", "code"),
+    [("export", 130), ("hangup", 129), ("calibration", 143), ("quantization-new-run", 143)],
 )
-def test_sigint_and_sigterm_unwind_and_remove_the_staged_run(runs: Runs, stage: str, code: int) -> None:
+def test_sigint_sigterm_and_sighup_unwind_and_remove_the_staged_run(
+    runs: Runs, stage: str, code: int
+) -> None:
     k = runs.killed[stage]
     assert k.returncode == code, k
     assert k.stderr.strip() == f"interrupted by {k.signal}", k
-    if k.trigger:
-        assert k.trigger in k.seen, k
+    present, absent = STAGE_FILES[stage]
+    assert set(present) <= set(k.seen) and not set(absent) & set(k.seen), k
+    # nothing of this process is left: not its staged run, nor scratch files in TMPDIR
+    assert k.own_leftovers == [], k
 
 
 @pytest.mark.slow
 def test_sigkill_leaves_only_a_hidden_partial(runs: Runs) -> None:
     k = runs.killed["validation"]
     assert k.returncode == -signal.SIGKILL, k
-    assert "model.int8.trt.onnx" in k.seen and "report.json" not in k.seen, k
-    # SIGKILL cannot be caught: its staged directory stays, hidden, until the next run of that name
-    assert [n for n in runs.leftovers_after_kill if n.startswith(".A.partial-")], runs.leftovers_after_kill
-    assert all(n.startswith(".A.partial-") for n in runs.leftovers_after_kill), runs.leftovers_after_kill
+    present, absent = STAGE_FILES["validation"]
+    assert set(present) <= set(k.seen) and not set(absent) & set(k.seen), k
+    # SIGKILL cannot be caught: exactly its own staged directory stays, hidden, until the next run of A
+    assert len(k.own_leftovers) == 1 and k.own_leftovers[0].startswith("out/.A.partial-"), k
+    assert runs.leftovers_after_kill == [Path(k.own_leftovers[0]).name], runs.leftovers_after_kill
 
 
 @pytest.mark.slow
@@ -273,6 +302,25 @@ def test_verify_names_every_kind_of_mismatch(runs: Runs, tmp_path: Path) -> None
     assert len(verify_manifest(run)) == 5
 
 
+@pytest.mark.slow
+def test_verify_catches_a_change_in_every_listed_file(runs: Runs, tmp_path: Path) -> None:
+    """Each file the manifest lists, changed by one bit (same size), is named by verify, alone."""
+    listed = sorted(json.loads((runs.second / MANIFEST).read_text())["files"])
+    assert set(ARTIFACTS) | {"report.json", "report.md", "report.html", "model.int8.ort"} <= set(listed)
+    run = tmp_path / "run"
+    shutil.copytree(runs.second, run)
+    for name in listed:
+        path = run / name
+        original = path.read_bytes()
+        changed = bytearray(original)
+        changed[len(changed) // 2] ^= 0x01
+        path.write_bytes(bytes(changed))
+        problems = verify_manifest(run)
+        path.write_bytes(original)
+        assert len(problems) == 1 and problems[0].startswith(f"{name}: sha256"), (name, problems)
+    assert verify_manifest(run) == []
+
+
 # ---- staging mechanics, in-process ---------------------------------------------------------------------
 
 
@@ -322,6 +370,24 @@ def test_signals_are_held_until_the_block_ends() -> None:
         assert received == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_an_ignored_signal_stays_ignored_and_the_others_raise() -> None:
+    from levit_edge.cli.app import Interrupted, install_signal_handlers
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
+        install_signal_handlers()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGHUP)  # ignored: nothing raised
+        with pytest.raises(Interrupted) as caught:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler raises at the next bytecode; the sleep is only a fallback
+        assert caught.value.signum == signal.SIGTERM
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
 
 
 def test_rewrite_of_a_finished_run_is_all_or_nothing(tmp_path: Path) -> None:
