@@ -376,6 +376,10 @@ def create_model(model_name: str, num_classes: int, img_size: int) -> Any:
     )
 
 
+def _training_threads(threads: int | None) -> int:
+    return threads or min(2, os.cpu_count() or 1)
+
+
 @contextlib.contextmanager
 def _seeded(seed: int, threads: int | None) -> Iterator[None]:
     """Seed python/torch RNGs and set the thread count, restoring all of it afterwards.
@@ -388,7 +392,7 @@ def _seeded(seed: int, threads: int | None) -> Iterator[None]:
 
     py_state = random.getstate()
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or min(2, os.cpu_count() or 1))
+    torch.set_num_threads(_training_threads(threads))
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -539,15 +543,26 @@ def train_fixture(
 # --------------------------------------------------------------------------------------------------------
 
 
-def fixture_key(params: dict[str, Any]) -> str:
-    """Cache key for a fixture built with ``params`` (generator + training parameters).
-
-    The timm version is included because it decides the state_dict layout the checkpoint must match.
-    """
+def build_identity(threads: int | None = None) -> dict[str, Any]:
+    """What, beyond the parameters, decides a trained fixture's bits: the timm version (state_dict layout),
+    the torch build, the SIMD kernels torch picks on this CPU (AVX2 and AVX-512 kernels round differently,
+    so the same seed trains another checkpoint) and the training thread count (float reduction order)."""
     import timm
+    import torch
 
+    return {
+        "timm": timm.__version__,
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": _training_threads(threads),
+    }
+
+
+def fixture_key(params: dict[str, Any], threads: int | None = None) -> str:
+    """Cache key for a fixture built with ``params`` (generator + training parameters) on this build
+    (:func:`build_identity`): a checkpoint trained elsewhere is never mistaken for this machine's."""
     blob = json.dumps(
-        {"fixture_version": FIXTURE_VERSION, "timm": timm.__version__, **params}, sort_keys=True
+        {"fixture_version": FIXTURE_VERSION, **build_identity(threads), **params}, sort_keys=True
     ).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -603,8 +618,8 @@ def ensure_fixture(
     """Generate + train once, then reuse: returns ``(dataset, result, checkpoint_path)``.
 
     The fixture lives in ``cache_root/<key>/`` (``data/``, ``checkpoint.pth``, ``result.json``), ``key``
-    hashing every parameter that changes the output plus :data:`FIXTURE_VERSION`. ``threads`` and
-    ``progress`` only affect speed/reporting and are not part of the key. It is built in a temporary
+    hashing every parameter that changes the output, :data:`FIXTURE_VERSION` and the build identity (timm,
+    torch, CPU kernels, training threads); ``progress`` only affects reporting. It is built in a temporary
     sibling and renamed into place, so an interrupted build is never picked up; when several processes
     build the same key at once, the first rename wins and the others use its result.
     """
@@ -619,7 +634,7 @@ def ensure_fixture(
         "seed": seed,
     }
     cache_root = Path(cache_root).resolve()
-    entry = cache_root / fixture_key(params)
+    entry = cache_root / fixture_key(params, threads)
     if (entry / RESULT_FILE).is_file():
         return _load_cached(entry)
     say = progress or (lambda _msg: None)
@@ -650,7 +665,8 @@ def ensure_fixture(
             progress=progress,
         )
         (tmp / RESULT_FILE).write_text(result.to_json() + "\n")
-        (tmp / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+        identity = {**params, **build_identity(threads)}
+        (tmp / "params.json").write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
         os.chmod(tmp, 0o755)
         try:
             os.rename(tmp, entry)
