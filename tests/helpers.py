@@ -71,3 +71,15 @@ def save_state_dict(model: nn.Module, path: Path) -> Path:
     """Write a plain ``state_dict`` checkpoint (tensors only, cloned off the model)."""
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, path)
     return path
+
+
+def miscalibration_set(path: Path, img_size: int, n: int = 4, scale: float = 1000.0, seed: int = 0) -> Path:
+    """A preprocessed calibration array (N,3,H,W) whose values are ``scale`` times larger than any real
+    normalized image: every activation range comes out orders of magnitude too wide, so real inputs fall
+    into a handful of quantization steps and the INT8 model loses most of its accuracy on any CPU (a
+    property of the arithmetic, not of one processor's rounding)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    np.save(path, (rng.standard_normal((n, 3, img_size, img_size)) * scale).astype(np.float32))
+    return path
