@@ -290,7 +290,7 @@ _EXIT_1 = [
 @pytest.mark.parametrize("case", _EXIT_1)
 def test_bad_input_exits_1_with_one_error_line(failures: dict[str, tuple[Case, Result]], case: str) -> None:
     if case not in failures:
-        pytest.skip("running as root: a 0o500 directory is still writable")
+        pytest.skip("running as root: a 0o500 directory is writable; see the read-only mount test")
     spec, result = failures[case]
     assert result.returncode == spec.code, str(result)
     _assert_one_error_line(result, *spec.fragments)
@@ -311,3 +311,41 @@ def test_version(failures: dict[str, tuple[Case, Result]]) -> None:
     _, result = failures["version"]
     assert result.returncode == 0, str(result)
     assert result.stdout.strip() == f"levit-edge {__version__}"
+
+
+def _read_only_mount(target: Path) -> list[str] | None:
+    """A command prefix running its command in a private mount namespace where ``target`` is a read-only
+    tmpfs (a really read-only file system: writes fail with EROFS even for root), or None where this
+    machine allows no such namespace. The mount vanishes with the process; the host never sees it."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None
+    flags = ["--mount"] if os.geteuid() == 0 else ["--mount", "--map-root-user"]
+    mount = 'mount -t tmpfs -o ro,size=1m tmpfs "$0"'
+    probe = subprocess.run(
+        [unshare, *flags, "sh", "-c", f'{mount} && ! touch "$0/probe" 2>/dev/null', str(target)],
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        return None
+    return [unshare, *flags, "sh", "-c", f'{mount} && exec "$@"', str(target)]
+
+
+@pytest.mark.parametrize("below", [False, True])
+def test_read_only_file_system_is_one_error_line(ws: Workspace, tmp_path: Path, below: bool) -> None:
+    """--out on a read-only file system (or a folder to be made below it): exit 1, one line naming it."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    prefix = _read_only_mount(ro)
+    if prefix is None:
+        pytest.skip("no private mount namespace here (unshare --mount refused): cannot make a read-only fs")
+    out = ro / "runs" if below else ro
+    args = ["export", "--model", NAME, "--img-size", str(IMG), "--checkpoint", str(ws.checkpoint)]
+    proc = subprocess.run(
+        [*prefix, *_cli(), *args, "--out", str(out), "--name", "r"],
+        cwd=ws.root, env=_env(), capture_output=True, text=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    result = Result(tuple(args), proc.returncode, proc.stdout, proc.stderr)
+    assert result.returncode == 1, str(result)
+    _assert_one_error_line(result, "Read-only file system", str(ro))
+    assert list(ro.iterdir()) == []

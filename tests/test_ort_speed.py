@@ -141,8 +141,11 @@ def test_budget_caps_calls_per_round() -> None:
         batches=(1,), warmup=1, rounds=2, per_round=50, input_size=(3, 4, 4), budget_s=0.2
     )
     results = time_variants({"a": lambda t: _Sleeper(0.01), "b": lambda t: _Sleeper(0.01)}, settings, ("a",))
-    # 0.2 s over 2 rounds of two 10 ms variants: about 5 calls per round, far fewer than 50.
-    assert all(2 <= r.calls <= 14 for r in results)
+    # A sleep never ends early: a round of the two variants takes >= 20 ms, so 0.2 s over 2 rounds allows
+    # at most 5 calls per round (10 in all), far fewer than 50; the floor is one call per round. Both
+    # variants get the same count. A loaded machine only lowers the count, within the same bounds.
+    assert len({r.calls for r in results}) == 1
+    assert all(2 <= r.calls <= 10 for r in results), [r.calls for r in results]
     assert {r.variant for r in results} == {"a", "b"}
 
 

@@ -1,0 +1,137 @@
+"""Unit tests of the accuracy metrics and the gate, on logits whose answers are known by construction.
+
+Every expected figure here is derived by hand from how the inputs were built (ranks placed on purpose,
+distributions with a closed-form KL), never read back from the code under test.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from levit_edge.errors import UserError
+from levit_edge.settings import GateSettings
+from levit_edge.validate.gate import FAILED, PASSED, apply_gate
+from levit_edge.validate.metrics import Accuracy, Comparison, compare, mean_cosine, mean_kl, topk_accuracy
+
+
+def ranked_logits(ranks: list[int], labels: list[int], classes: int) -> np.ndarray:
+    """Logits where sample i's true class ``labels[i]`` has rank ``ranks[i]`` (0 = the argmax)."""
+    out = np.zeros((len(ranks), classes), dtype=np.float32)
+    for i, (rank, label) in enumerate(zip(ranks, labels, strict=True)):
+        others = [c for c in range(classes) if c != label]
+        order = [*others[:rank], label, *others[rank:]]  # classes by decreasing score
+        for position, c in enumerate(order):
+            out[i, c] = classes - position
+    return out
+
+
+def test_top1_and_top5_count_the_rank_of_the_true_class() -> None:
+    ranks = [0, 0, 1, 4, 5, 9, 0, 3]  # top-1 hits: 3 of 8; top-5 hits (rank < 5): 6 of 8
+    labels = [0, 3, 5, 7, 2, 9, 1, 4]
+    acc = topk_accuracy(ranked_logits(ranks, labels, 10), np.array(labels))
+    assert acc == Accuracy(top1=100 * 3 / 8, top5=100 * 6 / 8, n=8)
+
+
+def test_top5_with_fewer_than_five_classes_is_top_all() -> None:
+    labels = [0, 1, 2, 1]
+    acc = topk_accuracy(ranked_logits([2, 1, 0, 2], labels, 3), np.array(labels))
+    assert acc.top1 == 25.0 and acc.top5 == 100.0
+
+
+def test_kl_and_cosine_have_their_closed_forms() -> None:
+    p = np.array([[0.0, 0.0]])  # softmax (1/2, 1/2)
+    q = np.array([[math.log(3.0), 0.0]])  # softmax (3/4, 1/4)
+    assert mean_kl(p, q) == pytest.approx(0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25))
+    assert mean_kl(q, q) == pytest.approx(0.0, abs=1e-12)
+    # KL is asymmetric: KL(q || p) = 3/4 ln(3/2) + 1/4 ln(1/2)
+    assert mean_kl(q, p) == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5))
+    a = np.array([[1.0, 0.0], [1.0, 2.0], [3.0, 4.0]])
+    b = np.array([[0.0, 5.0], [-1.0, -2.0], [6.0, 8.0]])
+    assert mean_cosine(a, b) == pytest.approx((0.0 - 1.0 + 1.0) / 3)
+
+
+def test_per_class_rows_carry_their_own_class_names_and_figures() -> None:
+    # class "cat" (0): FP32 right on both, INT8 right on one; class "dog" (1): both wrong on its one image
+    labels = np.array([0, 0, 1])
+    ref = ranked_logits([0, 0, 1], [0, 0, 1], 3)
+    cand = ranked_logits([0, 1, 1], [0, 0, 1], 3)
+    c = compare("int8", "fp32", ref, cand, labels, ("cat", "dog", "eel"))
+    rows = {row.name: (row.n, row.reference, row.candidate) for row in c.per_class}
+    assert rows == {"cat": (2, 100.0, 50.0), "dog": (1, 0.0, 0.0)}
+    assert c.accuracy is not None and c.reference_accuracy is not None
+    assert (c.accuracy.top1, c.accuracy.top5, c.accuracy.n) == (pytest.approx(100 / 3), 100.0, 3)
+    assert c.reference_accuracy.top1 == pytest.approx(200 / 3)
+    assert c.drop == pytest.approx(100 / 3)
+    assert c.agreement == pytest.approx(200 / 3)
+    # the one new error: a "cat" that INT8 calls what ranked_logits put first among the others ("dog")
+    assert c.confusion_changes == (("cat", "dog", 1),)
+
+
+def test_drop_without_labels_is_disagreement() -> None:
+    ref = ranked_logits([0, 0, 0, 0], [0, 1, 2, 0], 3)
+    cand = ranked_logits([0, 0, 1, 1], [0, 1, 2, 0], 3)
+    c = compare("int8", "fp32", ref, cand, None)
+    assert c.accuracy is None and c.agreement == 50.0 and c.drop == 50.0
+
+
+def comparison(drop: float, labelled: bool = True) -> Comparison:
+    ref = Accuracy(90.0, 99.0, 100)
+    return Comparison(
+        artifact="int8.ort",
+        reference="fp32",
+        n=100,
+        accuracy=Accuracy(90.0 - drop, 99.0, 100) if labelled else None,
+        reference_accuracy=ref if labelled else None,
+        agreement=100.0 - drop,
+        kl=0.0,
+        cosine=1.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("drop", "max_drop", "status"),
+    [
+        (0.0, 0.0, PASSED),
+        (0.5, 0.5, PASSED),  # exactly the allowed maximum passes
+        (0.5000001, 0.5, FAILED),
+        (0.6, 0.5, FAILED),
+        (-1.0, 0.0, PASSED),  # INT8 better than FP32
+        (100.0, 100.0, PASSED),
+        (1.0, 0.0, FAILED),
+    ],
+)
+def test_gate_boundary(drop: float, max_drop: float, status: str) -> None:
+    result = apply_gate({"int8.ort": comparison(drop)}, GateSettings(max_drop=max_drop))
+    assert result.status == status and result.passed == (status == PASSED)
+    assert result.max_drop == max_drop
+    assert bool(result.failures) == (status == FAILED)
+
+
+def test_gate_boundary_survives_float_subtraction() -> None:
+    # 97.2 - 96.8 is 0.4000000000000057 in binary floating point: a 0.4-point budget still holds
+    c = Comparison("int8.ort", "fp32", 500, Accuracy(96.8, 99, 500), Accuracy(97.2, 99, 500), 99.0, 0.0, 1.0)
+    assert c.drop > 0.4
+    assert apply_gate({"int8.ort": c}, GateSettings(max_drop=0.4)).passed
+
+
+def test_gate_fails_if_any_artifact_fails_and_names_it() -> None:
+    result = apply_gate(
+        {"int8.ort": comparison(0.2), "int8.trt": comparison(1.4), "int8.plan": comparison(0.9)},
+        GateSettings(max_drop=1.0),
+    )
+    assert result.status == FAILED
+    assert len(result.failures) == 1 and result.failures[0].startswith("int8.trt: drop 1.40")
+
+
+def test_gate_without_labels_says_so() -> None:
+    result = apply_gate({"int8.ort": comparison(3.0, labelled=False)}, GateSettings(max_drop=1.0))
+    assert result.status == FAILED and "no labels" in result.failures[0]
+
+
+@pytest.mark.parametrize("bad", [-0.1, math.inf, math.nan])
+def test_gate_settings_refuse_impossible_budgets(bad: float) -> None:
+    with pytest.raises(UserError, match="--max-drop"):
+        GateSettings(max_drop=bad)
