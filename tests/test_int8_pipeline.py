@@ -384,3 +384,40 @@ def test_corrupt_calibration_image_named_or_skipped(trained_fixture: Fixture, tm
     proc = cli(*args, "--skip-bad", "--out", tmp_path, "--name", "skipped")
     assert proc.returncode == 0, proc.stderr
     assert report(tmp_path / "skipped")["calibration"]["skipped"] == 1
+
+
+def test_calibration_ranges_match_an_independent_pass(int8_run: Path, trained_fixture: Fixture) -> None:
+    """calibration.json's MinMax ranges, recomputed here: every float tensor of the FP32 model exposed as
+    an output, ONNX Runtime over every calibration image, numpy min/max over all of them."""
+    data = trained_fixture[0]
+    cal = json.loads((int8_run / "calibration.json").read_text())
+    files = sorted(data.calib.rglob("*.png"))
+    assert cal["method"] == "minmax" and cal["count"] == len(files) and cal["skipped"] == 0
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(int8_run / "model.fp32.onnx")))
+    floats = {
+        v.name
+        for v in model.graph.value_info
+        if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and v.name in cal["ranges"]
+    }
+    assert len(floats) > 50, "the FP32 graph should expose its activations"
+    del model.graph.output[:]
+    model.graph.output.extend(
+        onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in sorted(floats)
+    )
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    pre = json.loads({p.key: p.value for p in model.metadata_props}["levit_edge.preprocess"])
+    transform = PreprocessConfig.from_dict(pre).transform()
+    names = [o.name for o in session.get_outputs()]
+    lo = dict.fromkeys(names, np.inf)
+    hi = dict.fromkeys(names, -np.inf)
+    for start in range(0, len(files), 50):
+        images = np.stack([transform(Image.open(f)) for f in files[start : start + 50]]).astype(np.float32)
+        for name, value in zip(names, session.run(None, {"images": images}), strict=True):
+            lo[name], hi[name] = min(lo[name], float(value.min())), max(hi[name], float(value.max()))
+    for name in names:
+        want = (lo[name], hi[name])
+        got = tuple(cal["ranges"][name])
+        scale = max(abs(want[0]), abs(want[1]), 1e-6)
+        assert got == pytest.approx(want, abs=1e-4 * scale), name

@@ -35,6 +35,7 @@ TOLERANCES: dict[tuple[str, float], str] = {
         1e-4,
     ): "the export's parity figures are relative float32 deviations: as test_fuse.py",
     ("test_fixture.py", 1e-9): "the same top-1 fraction counted twice (identity)",
+    ("test_calibrate.py", 1e-6): "a 3-term float32 convolution against float64 numpy: one rounding or two",
     ("test_trt_fp16.py", 0.02): "FP16 storage rounding (2**-11 relative) through the net, relative to range",
     ("test_tensorrt_backend.py", 0.1): "INT8 vs FP32 on a GPU, relative to range (runs only with TensorRT)",
 }
