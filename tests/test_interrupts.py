@@ -331,6 +331,49 @@ def _complete_run(out: Path, name: str, text: str) -> Path:
         return run.commit()
 
 
+RUN_FILES = (
+    *ARTIFACTS,
+    "model.int8.ort",
+    "report.json",
+    "report.md",
+    "report.html",
+    "required_operators.config",
+)
+
+
+@pytest.mark.parametrize("change", ["bit", "size", "missing", "link"])
+def test_verify_names_a_change_in_any_listed_file(tmp_path: Path, change: str) -> None:
+    """In-process (fast) twin of the fixture-run test: each kind of run file, changed alone, is named."""
+    with staged_run(tmp_path, "r", force=False) as staged:
+        for i, name in enumerate(RUN_FILES):
+            (staged.dir / name).write_bytes(bytes([i]) * (64 + i))
+        write_manifest(staged.dir, {"status": "passed"})
+        run = staged.commit()
+    assert verify_manifest(run) == []
+    for name in RUN_FILES:
+        path = run / name
+        original = path.read_bytes()
+        if change == "bit":
+            path.write_bytes(bytes([original[0] ^ 0x80]) + original[1:])
+        elif change == "size":
+            path.write_bytes(original + b"x")
+        elif change == "missing":
+            path.unlink()
+        else:
+            path.unlink()
+            (tmp_path / "elsewhere").write_bytes(original)
+            path.symlink_to(tmp_path / "elsewhere")
+        problems = verify_manifest(run)
+        path.unlink(missing_ok=True)
+        path.write_bytes(original)
+        expected = {"bit": ": sha256", "size": ": size", "missing": ": missing", "link": ": a link"}[change]
+        assert problems == [p for p in problems if p.startswith(name + expected)] and len(problems) == 1, (
+            name,
+            problems,
+        )
+    assert verify_manifest(run) == []
+
+
 def test_force_swaps_the_complete_runs_atomically(tmp_path: Path) -> None:
     final = _complete_run(tmp_path, "r", "old")
     inode = final.stat().st_ino
