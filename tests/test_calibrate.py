@@ -7,6 +7,8 @@ min/max of the input and of the convolution's output computed here, and ``count`
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from levit_edge.data.preprocess import PreprocessConfig
 from levit_edge.data.sources import DataSpec, open_source
+from levit_edge.errors import UserError
 from levit_edge.quant.calibrate import Calibration, calibrate
 from levit_edge.settings import QuantSettings
 
@@ -75,3 +78,38 @@ def test_batch_size_does_not_change_the_ranges(case: tuple[Path, Path, np.ndarra
     }
     assert len({c.count for c in by_batch.values()}) == 1
     assert by_batch[1].ranges["images"] == by_batch[3].ranges["images"] == by_batch[16].ranges["images"]
+
+
+def test_calibration_file_round_trips_every_field(tmp_path: Path) -> None:
+    cal = Calibration(
+        method="percentile",
+        percentile=99.99,
+        count=7,
+        data_hash="d" * 64,
+        model_sha256="m" * 64,
+        ranges={"a": (-1.5, 2.25), "b": (0.0, 3.0)},
+        class_names=("cat", "dog"),
+        skipped=2,
+    )
+    cal.save(tmp_path / "c.json")
+    assert Calibration.load(tmp_path / "c.json") == cal
+    assert json.loads((tmp_path / "c.json").read_text())["class_names"] == ["cat", "dog"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        ({"schema_version": 99}, "unsupported schema_version 99"),
+        ({"method": "magic"}, "unknown calibration method 'magic'"),
+        ({"count": "many"}, "malformed: ValueError"),
+        ({"ranges": None}, "malformed: AttributeError"),
+    ],
+)
+def test_malformed_calibration_file_is_a_user_error(
+    tmp_path: Path, edit: dict[str, object], fragment: str
+) -> None:
+    good = Calibration("minmax", None, 1, "d", "m", {"a": (0.0, 1.0)}).to_dict()
+    (tmp_path / "c.json").write_text(json.dumps({**good, **edit}))
+    with pytest.raises(UserError, match=re.escape(fragment)) as caught:
+        Calibration.load(tmp_path / "c.json")
+    assert str(tmp_path / "c.json") in str(caught.value)

@@ -374,6 +374,34 @@ def test_verify_names_a_change_in_any_listed_file(tmp_path: Path, change: str) -
     assert verify_manifest(run) == []
 
 
+def test_verify_refuses_entries_that_are_not_plain_run_files(tmp_path: Path) -> None:
+    final = _complete_run(tmp_path, "r", "model")
+    manifest = json.loads((final / MANIFEST).read_text())
+    good = manifest["files"]["model.txt"]
+    (final / "model.txt").write_text("changed")  # listed after the bad names: must still be checked
+    bad_names = ["", ".", "..", "../outside", "a/b", "a\\b", MANIFEST]
+    manifest["files"] = {**{n: good for n in bad_names}, "model.txt": good}
+    (final / MANIFEST).write_text(json.dumps(manifest))
+    problems = verify_manifest(final)
+    assert sorted(p for p in problems if "not a plain file name" in p) == sorted(
+        f"{n!r}: not a plain file name of the run directory" for n in bad_names
+    )
+    assert [p for p in problems if p.startswith("model.txt: ")] == [
+        "model.txt: size 7 does not match the manifest's 5"
+    ]
+
+
+@pytest.mark.parametrize(
+    "files",
+    [[], {"m": "sha"}, {"m": {"size": 1}}, {"m": {"sha256": "x"}}, {"m": {"sha256": "x", "size": "1"}}],
+)
+def test_verify_refuses_a_manifest_that_is_not_ours(tmp_path: Path, files: object) -> None:
+    final = _complete_run(tmp_path, "r", "model")
+    (final / MANIFEST).write_text(json.dumps({"status": "passed", "files": files}))
+    with pytest.raises(UserError, match="is not a levit-edge manifest"):
+        verify_manifest(final)
+
+
 def test_force_swaps_the_complete_runs_atomically(tmp_path: Path) -> None:
     final = _complete_run(tmp_path, "r", "old")
     inode = final.stat().st_ino

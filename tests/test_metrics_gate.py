@@ -135,3 +135,55 @@ def test_gate_without_labels_says_so() -> None:
 def test_gate_settings_refuse_impossible_budgets(bad: float) -> None:
     with pytest.raises(UserError, match="--max-drop"):
         GateSettings(max_drop=bad)
+
+
+def test_no_labels_no_samples_and_unnamed_classes() -> None:
+    assert topk_accuracy(np.zeros((0, 4), np.float32), np.zeros(0, np.int64)) == Accuracy(0.0, 0.0, 0)
+    empty = compare("int8", "fp32", np.zeros((0, 4)), np.zeros((0, 4)), None)
+    assert (empty.n, empty.agreement, empty.kl, empty.cosine) == (0, 0.0, 0.0, 1.0)
+    ref = ranked_logits([0, 0, 1, 0, 0], [0, 1, 2, 3, 1], 4)  # 5 samples, 4 classes: n is the sample count
+    c = compare("int8.trt", "fp32", ref, ref.copy(), None)
+    assert (c.artifact, c.reference, c.n, c.agreement, c.cosine) == ("int8.trt", "fp32", 5, 100.0, 1.0)
+    assert c.per_class == () and c.confusion_changes == () and c.accuracy is None
+    # labels but no class names: rows are named by index; a label beyond the names list by its index too
+    labels = np.array([0, 1, 2, 3, 1])
+    unnamed = compare("int8", "fp32", ref, ref.copy(), labels)
+    assert [r.name for r in unnamed.per_class] == ["0", "1", "2", "3"]
+    short = compare("int8", "fp32", ref, ref.copy(), labels, ("a", "b", "c"))
+    assert [r.name for r in short.per_class] == ["a", "b", "c", "3"]
+
+
+def test_per_class_rows_on_unbalanced_classes() -> None:
+    # class 0: 3 images, FP32 gets 2 right; class 1: 1 image, right; class 2: 2 images, 1 right
+    labels = [0, 0, 0, 1, 2, 2]
+    ref = ranked_logits([0, 0, 2, 0, 0, 1], labels, 4)
+    cand = ranked_logits([0, 1, 2, 0, 1, 1], labels, 4)
+    c = compare("int8", "fp32", ref, cand, np.array(labels), ("a", "b", "c", "d"))
+    rows = {r.name: (r.n, r.reference, r.candidate, r.delta) for r in c.per_class}
+    assert rows["a"] == (3, pytest.approx(200 / 3), pytest.approx(100 / 3), pytest.approx(-100 / 3))
+    assert rows["b"] == (1, 100.0, 100.0, 0.0)
+    assert rows["c"] == (2, 50.0, 0.0, -50.0)
+    assert "d" not in rows  # no image of class d: no row
+
+
+def test_confusion_changes_sorted_by_count_then_names() -> None:
+    # new errors: two "a" images called "c", one "b" image called "a", one "a" image called "b"
+    labels = [0, 0, 0, 1, 2]
+    ref = ranked_logits([0, 0, 0, 0, 0], labels, 3)
+    cand = np.zeros_like(ref)
+    for i, predicted in enumerate([2, 2, 1, 0, 2]):
+        cand[i, predicted] = 1.0
+    c = compare("int8", "fp32", ref, cand, np.array(labels), ("a", "b", "c"))
+    assert c.confusion_changes == (("a", "c", 2), ("a", "b", 1), ("b", "a", 1))
+
+
+def test_cosine_of_zero_vectors() -> None:
+    zero, one = np.zeros((1, 3)), np.array([[0.0, 2.0, 0.0]])
+    assert mean_cosine(zero, zero) == 1.0  # nothing to compare: counted as the same direction
+    assert mean_cosine(zero, one) == 1.0 and mean_cosine(one, one * 0.5) == pytest.approx(1.0)
+    assert mean_cosine(np.array([[0.1, 0.0]]), np.array([[0.0, 0.1]])) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_labelled_failure_does_not_claim_missing_labels() -> None:
+    result = apply_gate({"int8.ort": comparison(3.0)}, GateSettings(max_drop=1.0))
+    assert result.failures == ("int8.ort: drop 3.00 points > 1",)

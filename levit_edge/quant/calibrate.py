@@ -95,7 +95,7 @@ class Calibration:
                 class_names=tuple(names) if names else None,
                 skipped=int(d.get("skipped", 0)),
             )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise UserError(f"{where} is malformed: {type(exc).__name__} {exc}") from None
 
     def save(self, path: Path) -> None:
