@@ -33,10 +33,13 @@ if TYPE_CHECKING:
 __all__ = [
     "HARDWARE_COMPATIBILITY",
     "MIN_TENSORRT",
+    "TRTEXEC_LEVEL_SINCE",
+    "TRTEXEC_LOCATIONS",
     "EngineBuildResult",
     "EngineSettings",
     "TensorRTRunner",
     "build_engine",
+    "cuda_binding_unavailable_reason",
     "onnx_input_shape",
     "tensorrt_unavailable_reason",
     "trtexec_command",
@@ -740,15 +743,45 @@ def onnx_input_shape(onnx_path: Path, input_name: str = "images") -> list[int | 
     return [int(d.dim_value) if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
 
 
-def trtexec_command(settings: EngineSettings) -> str:
-    """The trtexec command line that builds the same engine as :func:`build_engine`."""
+#: Where trtexec is installed: JetPack (and NVIDIA's .deb packages) put it outside PATH; NGC TensorRT
+#: containers have it on PATH; the pip wheels ship none.
+TRTEXEC_LOCATIONS = (
+    "/usr/src/tensorrt/bin/trtexec (JetPack / Jetson, TensorRT .deb packages)",
+    "on PATH in NVIDIA's TensorRT containers (nvcr.io/nvidia/tensorrt, l4t-tensorrt)",
+    "bin/trtexec of a TensorRT tar package; the pip wheels ship no trtexec",
+)
+#: hardware compatibility levels -> oldest trtexec that accepts them (samples/common/sampleOptions.cpp).
+TRTEXEC_LEVEL_SINCE: dict[str, tuple[int, int]] = {
+    "none": (10, 0),
+    "ampere_plus": (10, 0),
+    "same_compute_capability": (10, 9),
+}
+
+
+def _shown(path: Path, base: Path | None) -> str:
+    """``path`` relative to ``base`` when inside it (a run folder that is copied elsewhere), else as is."""
+    if base is not None:
+        try:
+            return str(path.resolve().relative_to(base.resolve()))
+        except ValueError:
+            pass
+    return str(path)
+
+
+def trtexec_command(settings: EngineSettings, base: Path | None = None, trtexec: str = "trtexec") -> str:
+    """The trtexec command line that builds the same engine as :func:`build_engine`.
+
+    Only flags that trtexec accepts on TensorRT 10.3 (JetPack 6) and 11.x alike, except
+    ``same_compute_capability`` (10.9+, :data:`TRTEXEC_LEVEL_SINCE`). Files inside ``base`` are named
+    relative to it: run the line from inside that folder. ``--skipInference``: build only, no benchmark.
+    """
     shape = onnx_input_shape(settings.onnx_path, settings.input_name)
     if any(d is None for d in shape[1:]):
         raise UserError(f"input '{settings.input_name}' has shape {shape}: only the batch dim may be dynamic")
     args = [
-        "trtexec",
-        f"--onnx={settings.onnx_path}",
-        f"--saveEngine={settings.plan_path}",
+        trtexec,
+        f"--onnx={_shown(settings.onnx_path, base)}",
+        f"--saveEngine={_shown(settings.plan_path, base)}",
         "--stronglyTyped",  # needed on 10.x; the default (and a no-op) on 11.x
     ]
     if shape and shape[0] is None:
@@ -761,7 +794,7 @@ def trtexec_command(settings: EngineSettings) -> str:
             args.append(f"{flag}={settings.input_name}:{batch}x{rest}")
     args.append(f"--memPoolSize=workspace:{settings.workspace_mb}M")
     if settings.timing_cache_path is not None:
-        args.append(f"--timingCacheFile={settings.timing_cache_path}")
+        args.append(f"--timingCacheFile={_shown(settings.timing_cache_path, base)}")
     if settings.version_compatible:
         args.append("--versionCompatible")
     if settings.hardware_compatibility != "none":
@@ -770,5 +803,5 @@ def trtexec_command(settings: EngineSettings) -> str:
         )
     if settings.builder_optimization_level is not None:
         args.append(f"--builderOptimizationLevel={settings.builder_optimization_level}")
-    args.append("--profilingVerbosity=detailed")
+    args += ["--profilingVerbosity=detailed", "--skipInference"]
     return shlex.join(args)
