@@ -129,3 +129,15 @@ def test_failure_inside_build_engine_is_recorded(
     report = json.loads((run / "report.json").read_text())
     assert report["status"] == "no-engine"
     assert report["engine"]["status"] == "failed" and "libnvinfer" in report["engine"]["reason"]
+
+
+def test_bench_loads_version_compatible_plans_as_such(tmp_path: Path) -> None:
+    """bench hands the run's own version_compatible option to the engine runner (a version-compatible
+    plan embeds the lean runtime and loads only with host code allowed)."""
+    from levit_edge.bench import plan_is_version_compatible
+
+    assert plan_is_version_compatible(tmp_path) is False  # no report: the safe default
+    for value, expected in ((True, True), (False, False), ("yes", False)):
+        report = {"options": {"engine": {"version_compatible": value}}}
+        (tmp_path / "report.json").write_text(json.dumps(report))
+        assert plan_is_version_compatible(tmp_path) is expected
