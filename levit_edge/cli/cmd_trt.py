@@ -84,7 +84,7 @@ def build_engine_cli(
         hardware_compatibility=hardware_compatibility,
     )
     command = trtexec_command(settings)
-    reason = tensorrt_unavailable_reason()
+    reason = tensorrt_unavailable_reason(runner=False)  # building needs no CUDA binding
     if reason is not None:
         console.print(f"equivalent command on the target: {command}", markup=False, soft_wrap=True)
         raise EngineUnavailable(
