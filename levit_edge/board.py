@@ -7,7 +7,7 @@ import only numpy, Pillow, TensorRT and a CUDA binding (cuda-python or pycuda, f
 folder and a copy of the ``levit_edge`` package are all the board needs (tests/test_board.py checks it)::
 
     python3 -m levit_edge.board build RUN/model.int8.trt.onnx          # -> RUN/model.int8.plan
-    python3 -m levit_edge.board validate RUN --data val_dir/           # top-1 of the engine vs the report
+    python3 -m levit_edge.board validate RUN --data val_dir/ [--gate]  # top-1 of the engine vs the report
 
 ``validate`` reads the preprocessing, class names and CI accuracy from ``RUN/report.json``; ``--data`` is
 a class-per-folder image set whose folder names are the run's class names, or a ``.npz`` with ``images``
@@ -175,17 +175,23 @@ class BoardValidation:
     top1: float
     ci_top1: dict[str, float]  # the report's fp32 / int8.trt top-1 (CI data), where present
     max_drop: float | None
-    drop: float | None  # CI fp32 top-1 minus the engine's, in points (different data sets: a guide)
-    passed: bool | None
+    drop: float | None  # the run's CI FP32 top-1 minus the engine's, in points
+    passed: bool | None  # drop <= max_drop; only with gate=True (the same images as the run's --val)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
 def validate_engine(
-    run: Path, data: Path, plan: Path | None = None, batch: int = 32, version_compatible: bool | None = None
+    run: Path,
+    data: Path,
+    plan: Path | None = None,
+    batch: int = 32,
+    version_compatible: bool | None = None,
+    gate: bool = False,
 ) -> BoardValidation:
-    """Run the engine on ``data`` and compare its top-1 with the run's FP32 top-1 and gate."""
+    """Run the engine on ``data``; beside its top-1, the run's CI figures. ``gate``: judge the drop
+    from the run's FP32 top-1 against its ``max_drop`` (meaningful only on the run's own --val images)."""
     from levit_edge.backends.tensorrt import TensorRTRunner
 
     if batch < 1:
@@ -207,7 +213,7 @@ def validate_engine(
     ci = {k: float(v["top1"]) for k, v in accuracy.items() if isinstance(v, dict) and "top1" in v}
     max_drop = (report.get("thresholds") or {}).get("max_drop")
     drop = ci["fp32"] - top1 if "fp32" in ci else None
-    passed = None if drop is None or max_drop is None else drop <= float(max_drop)
+    passed = None if not gate or drop is None or max_drop is None else drop <= float(max_drop)
     return BoardValidation(total, top1, ci, max_drop, drop, passed)
 
 
@@ -239,7 +245,9 @@ def _build(args: argparse.Namespace) -> None:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    result = validate_engine(args.run, args.data, args.plan, args.batch, args.version_compatible or None)
+    result = validate_engine(
+        args.run, args.data, args.plan, args.batch, args.version_compatible or None, args.gate
+    )
     print(json.dumps(result.to_dict(), indent=2))
     if result.passed is False:
         raise AccuracyGateFailed(
@@ -268,6 +276,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--plan", type=Path, default=None)
     check.add_argument("--batch", type=int, default=32)
     check.add_argument("--version-compatible", action="store_true")
+    check.add_argument(
+        "--gate",
+        action="store_true",
+        help="exit 3 when the engine's top-1 is more than the run's max_drop below its FP32 top-1 "
+        "(pass the run's own validation images as --data)",
+    )
     check.set_defaults(func=_validate)
     return parser
 
