@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from levit_edge.backends.base import Runner
 from levit_edge.errors import AccuracyGateFailed, EngineUnavailable, UserError
 
 PLAN_FILE = "model.int8.plan"
@@ -189,9 +190,11 @@ def validate_engine(
     batch: int = 32,
     version_compatible: bool | None = None,
     gate: bool = False,
+    runner: Runner | None = None,
 ) -> BoardValidation:
     """Run the engine on ``data``; beside its top-1, the run's CI figures. ``gate``: judge the drop
-    from the run's FP32 top-1 against its ``max_drop`` (meaningful only on the run's own --val images)."""
+    from the run's FP32 top-1 against its ``max_drop`` (meaningful only on the run's own --val images).
+    ``runner``: another backend in place of the run's TensorRT engine (tests, ONNX Runtime on the board)."""
     from levit_edge.backends.tensorrt import TensorRTRunner
 
     if batch < 1:
@@ -203,7 +206,9 @@ def validate_engine(
     if version_compatible is None:
         version_compatible = engine_options.get("version_compatible") is True
     correct = total = 0
-    with TensorRTRunner(plan or run / PLAN_FILE, version_compatible=version_compatible) as runner:
+    if runner is None:
+        runner = TensorRTRunner(plan or run / PLAN_FILE, version_compatible=version_compatible)
+    with runner:
         for images, labels in _batches(data, names, preprocess, batch):
             logits = runner.infer(images)
             correct += int((logits.argmax(axis=1) == labels).sum())

@@ -204,3 +204,70 @@ def test_board_preprocessing_matches_levit_edge(
     theirs = PreprocessConfig.from_dict(section).transform()(image)
     assert ours.shape == theirs.shape == (3, 32, 32)
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
+
+
+def _channel_model(path: Path, size: int) -> Path:
+    """images (N,3,S,S) -> logits (N,3): the mean of each channel (class k = the brightest channel)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["images", "axes"], ["logits"], keepdims=0)],
+        "channels",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [2, 3, size, size])],  # fixed batch 2
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["folders", "npz"])
+def test_validate_counts_top1_against_the_run(tmp_path: Path, kind: str) -> None:
+    """validate_engine's accounting with a real backend (ONNX Runtime on a fixed-batch-2 model, so the
+    odd last batch is padded): 7 images, 5 labelled right -> 71.43; gate judged only when asked."""
+    from levit_edge.backends.onnxruntime import OnnxRuntimeRunner
+    from levit_edge.board import validate_engine
+
+    size, names = 16, ["red", "green", "blue"]
+    run = tmp_path / "run"
+    run.mkdir()
+    report = {
+        "preprocess": {
+            "input_size": [3, size, size],
+            "mean": [0.5] * 3,
+            "std": [0.5] * 3,
+            "crop_pct": 1.0,
+            "interpolation": "bilinear",
+            "crop_mode": "center",
+        },
+        "model": {"class_names": names},
+        "accuracy": {"fp32": {"top1": 100.0}, "int8.trt": {"top1": 90.0}},
+        "thresholds": {"max_drop": 10.0},
+    }
+    (run / "report.json").write_text(json.dumps(report))
+    model = _channel_model(tmp_path / "m.onnx", size)
+    brightest = [0, 1, 2, 0, 1, 2, 0]
+    labels = [0, 1, 2, 0, 1, 0, 1]  # the last two are wrong
+    if kind == "npz":
+        images = np.full((7, 3, size, size), -1.0, np.float32)
+        for i, k in enumerate(brightest):
+            images[i, k] = 1.0
+        data = tmp_path / "data.npz"
+        np.savez(data, images=images, labels=np.array(labels))
+    else:
+        data = tmp_path / "val"
+        for i, (k, label) in enumerate(zip(brightest, labels, strict=True)):
+            pixel = [20, 20, 20]
+            pixel[k] = 230
+            (data / names[label]).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (size + 3, size), tuple(pixel)).save(data / names[label] / f"{i}.png")
+    result = validate_engine(run, data, batch=3, runner=OnnxRuntimeRunner(model, threads=1))
+    assert result.n == 7
+    assert result.top1 == pytest.approx(500 / 7)
+    assert result.ci_top1 == {"fp32": 100.0, "int8.trt": 90.0}
+    assert result.drop == pytest.approx(100 - 500 / 7) and result.passed is None
+    gated = validate_engine(run, data, batch=3, gate=True, runner=OnnxRuntimeRunner(model, threads=1))
+    assert gated.passed is False
