@@ -163,8 +163,22 @@ def run_dir_factories(
         from levit_edge.backends.tensorrt import TensorRTRunner, tensorrt_unavailable_reason
 
         if tensorrt_unavailable_reason() is None:
-            factories["int8.plan"] = lambda threads: TensorRTRunner(plan)
+            compatible = plan_is_version_compatible(run_dir)
+            factories["int8.plan"] = lambda threads: TensorRTRunner(plan, version_compatible=compatible)
     return factories, preprocess.input_size
+
+
+def plan_is_version_compatible(run_dir: Path) -> bool:
+    """Whether the run's engine was built version-compatible (its report's engine options say so):
+    such a plan embeds the lean runtime and loads only with host code allowed."""
+    from levit_edge.report.manifest import read_json
+
+    path = run_dir / "report.json"
+    if not path.is_file():
+        return False
+    options = read_json(path).get("options")
+    engine = options.get("engine") if isinstance(options, dict) else None
+    return isinstance(engine, dict) and engine.get("version_compatible") is True
 
 
 # Interleaving many sessions in one process: a session's worker threads must stop spinning when its Run

@@ -249,18 +249,14 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
         trtexec = ""
         if job.targets.trt_int8:
             engine_reason, engine_info, trtexec = _maybe_build_engine(run.dir, job, timer)
-            if not job.targets.trt_engine:
-                engine_reason = None
-                engine_info = {
-                    "built": False,
-                    "skipped": "--no-engine: build it on the target with build-engine",
-                }
 
         evaluation: Evaluation | None = None
         format_parity: dict[str, Any] = {}
         if val_source is not None:
             with timer.stage("validate"):
-                runners = _runners(run.dir, job, engine_reason is None and job.targets.trt_engine)
+                runners = _runners(
+                    run.dir, job, bool(engine_info.get("built")) and not engine_info.get("runner")
+                )
                 if ort_format is not None:
                     runners.update(ort_format_runners(ort_format, job.runtime.threads))
                 evaluation = evaluate(
@@ -288,7 +284,7 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
             status=status,
             stages=timer.seconds,
             parity={"torch_fused_vs_timm": parity, "onnxruntime_vs_torch_fused": ort_parity},
-            engine={"reason": engine_reason, **engine_info},
+            engine=engine_info,
             trtexec=trtexec,
             files={k: run.dir / f for k, f in ARTIFACT_FILES.items() if (run.dir / f).exists()},
         )
@@ -415,22 +411,43 @@ def _engine_settings(run_dir: Path, job: ExportJob) -> Any:
 def _maybe_build_engine(
     run_dir: Path, job: ExportJob, timer: _Timer
 ) -> tuple[str | None, dict[str, Any], str]:
-    from levit_edge.backends.tensorrt import build_engine, tensorrt_unavailable_reason, trtexec_command
+    """Build the engine where asked and possible: (reason it is missing or None, report's ``engine``
+    section, trtexec line). A TensorRT failure is recorded, not raised: the CPU artifacts stay."""
+    from levit_edge.backends.tensorrt import (
+        build_engine,
+        cuda_binding_unavailable_reason,
+        tensorrt_unavailable_reason,
+        trtexec_command,
+    )
 
     settings = _engine_settings(run_dir, job)
-    trtexec = trtexec_command(settings)
-    reason = tensorrt_unavailable_reason() if job.targets.trt_engine else "not requested"
+    trtexec = trtexec_command(settings, base=run_dir)  # paths relative to the finished run
+    if not job.targets.trt_engine:
+        skipped = "skipped (--no-engine): build it on the target with build-engine or the trtexec line"
+        return None, {"built": False, "status": "skipped", "reason": skipped}, trtexec
+    reason = tensorrt_unavailable_reason(runner=False)
     if reason is not None:
-        return reason, {"built": False}, trtexec
-    with timer.stage("build-engine"):
-        result = build_engine(settings)
-    info = {
+        return reason, {"built": False, "status": "unavailable", "reason": reason}, trtexec
+    try:
+        with timer.stage("build-engine"):
+            result = build_engine(settings)
+    except (UserError, EngineUnavailable, RuntimeError, OSError) as exc:  # parse, build, load back, write
+        for leftover in (run_dir / PLAN_FILE, run_dir / TIMING_CACHE):
+            leftover.unlink(missing_ok=True)
+        failed = f"TensorRT build failed: {' '.join(str(exc).split())}"
+        return failed, {"built": False, "status": "failed", "reason": failed}, trtexec
+    info: dict[str, Any] = {
         "built": True,
+        "status": "built",
+        "reason": None,
         "tensorrt_version": result.tensorrt_version,
         "gpu": result.gpu_name,
         "batch_range": list(result.batch_range),
         "seconds": result.seconds,
     }
+    runner = cuda_binding_unavailable_reason()  # building needs none; validating the engine does
+    if runner is not None:
+        info["runner"] = f"engine not validated here: {runner}"
     return None, info, trtexec
 
 

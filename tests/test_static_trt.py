@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "trt_stubs.py"
 BACKEND = ROOT / "levit_edge" / "backends" / "tensorrt.py"
 #: The call that the misspelled copy breaks, and what it becomes.
-REAL_CALL = ".execute_async_v3(self._stream.handle)"
-MISSPELLED_CALL = ".execute_async_v4(self._stream.handle)"
+REAL_CALL = ".execute_async_v3(cuda.stream_handle)"
+MISSPELLED_CALL = ".execute_async_v4(cuda.stream_handle)"
 
 
 def _stubs_installed() -> bool:

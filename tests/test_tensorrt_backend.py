@@ -143,6 +143,7 @@ def test_trtexec_command_dynamic_batch(exported: dict[str, Path], tmp_path: Path
         "--hardwareCompatibilityLevel=ampere+",
         "--builderOptimizationLevel=4",
         "--profilingVerbosity=detailed",
+        "--skipInference",
     ]
     for implicit in ("--int8", "--fp16", "--best", "--calib"):
         assert implicit not in command
@@ -292,11 +293,13 @@ def test_build_and_run_dynamic_batch_engine(qdq_models: dict[str, Path], tmp_pat
         for batch in (1, 3, 4):
             images = rng.normal(size=(batch, 3, 32, 32)).astype(np.float32)
             _assert_close(runner.infer(images), _ort_logits(qdq_models["dynamic"], images))
-        with pytest.raises(UserError, match="outside the engine's range"):
-            runner.infer(np.zeros((5, 3, 32, 32), dtype=np.float32))
+        # Above the profile's maximum: chunks of 4 (the validation default of 32 included).
+        for batch in (5, 32):
+            images = rng.normal(size=(batch, 3, 32, 32)).astype(np.float32)
+            _assert_close(runner.infer(images), _ort_logits(qdq_models["dynamic"], images))
         with pytest.raises(UserError, match="shape"):
             runner.infer(np.zeros((1, 3, 16, 16), dtype=np.float32))
-    assert len(runner.latencies_ms) == 3
+    assert len(runner.latencies_ms) == 5
 
 
 @pytest.mark.gpu
@@ -312,8 +315,16 @@ def test_build_and_run_fixed_batch_version_compatible_engine(
     images = np.random.default_rng(4).normal(size=(2, 3, 32, 32)).astype(np.float32)
     with TensorRTRunner(result.plan_path, version_compatible=True) as runner:
         _assert_close(runner.infer(images), _ort_logits(qdq_models["fixed"], images))
-        with pytest.raises(UserError, match="outside"):
-            runner.infer(images[:1])
+        # A short last batch is padded to the engine's fixed 2 and the padding dropped; 5 = 2 + 2 + 1.
+        more = np.random.default_rng(5).normal(size=(5, 3, 32, 32)).astype(np.float32)
+        _assert_close(runner.infer(more[:1]), _ort_logits(qdq_models["fixed"], more[:2])[:1])
+        _assert_close(
+            runner.infer(more),
+            np.concatenate(
+                [_ort_logits(qdq_models["fixed"], more[i : i + 2]) for i in (0, 2)]
+                + [_ort_logits(qdq_models["fixed"], more[[4, 4]])[:1]]
+            ),
+        )
 
 
 @pytest.mark.gpu

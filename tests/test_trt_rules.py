@@ -336,7 +336,8 @@ def test_per_channel_activation(model: onnx.ModelProto) -> None:
     assert _rules(violations) == {"per-channel-activation"}
 
 
-def test_uint8_allowed_as_network_input() -> None:
+def test_uint8_network_input_is_refused() -> None:
+    """onnx-tensorrt docs/operators.md: DequantizeLinear takes INT8 and FP8 only, a graph input too."""
     nodes = [helper.make_node("DequantizeLinear", ["pixels", "s", "zp"], ["x"], name="dq")]
     nodes.append(helper.make_node("Relu", ["x"], ["y"], name="relu"))
     graph = helper.make_graph(
@@ -350,7 +351,9 @@ def test_uint8_allowed_as_network_input() -> None:
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    assert check_trt_ready(model) == []
+    violations = check_trt_ready(model)
+    assert _rules(violations) == {"uint8-io"} and {v.node for v in violations} == {"dq"}
+    assert "pixels" in str(violations[0])
 
 
 def test_violation_is_one_line() -> None:

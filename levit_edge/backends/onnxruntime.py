@@ -84,8 +84,12 @@ class OnnxRuntimeRunner(Runner):
 
     def activate(self) -> None:
         self.session = load_session(self.model, self.threads, self.optimization, self.config)
-        self._input = self.session.get_inputs()[0].name
+        first = self.session.get_inputs()[0]
+        self._input = first.name
         self._output = self.session.get_outputs()[0].name
+        # A fixed-batch model (export --batch N) takes exactly N images: Runner.infer pads and chunks.
+        dim = first.shape[0] if first.shape else None
+        self.batch_range = (dim, dim) if isinstance(dim, int) and dim > 0 else None
 
     def _infer(self, images: np.ndarray) -> np.ndarray:
         assert self.session is not None

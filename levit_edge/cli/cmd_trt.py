@@ -55,6 +55,7 @@ def build_engine_cli(
     Exit 4 where TensorRT or a GPU is missing, with the equivalent trtexec command to run on the target.
     """
     from levit_edge.backends.tensorrt import (
+        TRTEXEC_LOCATIONS,
         EngineSettings,
         build_engine,
         tensorrt_unavailable_reason,
@@ -84,9 +85,10 @@ def build_engine_cli(
         hardware_compatibility=hardware_compatibility,
     )
     command = trtexec_command(settings)
-    reason = tensorrt_unavailable_reason()
+    reason = tensorrt_unavailable_reason(runner=False)  # building needs no CUDA binding
     if reason is not None:
         console.print(f"equivalent command on the target: {command}", markup=False, soft_wrap=True)
+        console.print(f"trtexec: {'; '.join(TRTEXEC_LOCATIONS)}", markup=False, soft_wrap=True)
         raise EngineUnavailable(
             f"{reason}; build on the target GPU (engines are specific to GPU and TensorRT version) with "
             "'levit-edge build-engine' there or the trtexec command above"

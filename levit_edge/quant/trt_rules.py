@@ -9,7 +9,9 @@ section 5) and the ONNX parser's operator support matrix (onnx-tensorrt ``docs/o
 * ``custom-domain``: no ops outside the ONNX default domain (``com.microsoft`` and others);
 * ``unsupported-op``: only ops the TensorRT ONNX parser supports, at the oldest TensorRT targeted;
 * ``zero-point``: every Q/DQ zero point is a constant 0 (symmetric quantization);
-* ``uint8-internal`` / ``quant-type``: quantized tensors are INT8; UINT8 only as network I/O;
+* ``uint8-internal`` / ``uint8-io`` / ``quant-type``: quantized tensors are INT8. The ONNX parser's
+  QuantizeLinear/DequantizeLinear take INT8 (and FP8), never UINT8, network inputs and outputs
+  included (onnx-tensorrt ``docs/operators.md``): TensorRT's UINT8 I/O is a plain typed tensor, not Q/DQ;
 * ``int32-dequantize``: no INT32 DequantizeLinear (quantized bias): keep biases in float;
 * ``scale-not-constant`` / ``scale-value`` / ``scale-rank``: scales are constant, finite, > 0,
   scalar (per-tensor) or 1-D (per-channel);
@@ -371,12 +373,19 @@ class _Checker:
                 "biases in float (QuantizeBias=False)",
             )
         elif elem == TensorProto.UINT8:
-            if not is_network_io:
+            if is_network_io:
+                self.add(
+                    name,
+                    "uint8-io",
+                    f"network {'input' if is_dq else 'output'} '{quantized}' is UINT8 through "
+                    f"{node.op_type}; the TensorRT ONNX parser takes INT8 there, not UINT8 (Cast a UINT8 "
+                    "input to float instead)",
+                )
+            else:
                 self.add(
                     name,
                     "uint8-internal",
-                    f"quantized tensor '{quantized}' is UINT8; TensorRT needs INT8 (UINT8 only "
-                    "as a network input or output)",
+                    f"quantized tensor '{quantized}' is UINT8; TensorRT needs INT8",
                 )
         else:
             self.add(

@@ -609,6 +609,7 @@ ENGINE_LABELS = {
     "gpu": "GPU",
     "batch_range": "batch range (min, opt, max)",
     "seconds": "build seconds",
+    "runner": "engine validation",
 }
 
 
@@ -621,10 +622,16 @@ def _engine(report: Mapping[str, Any]) -> Section | None:
         built = engine.get("built")
         reason = engine.get("reason")
         state = Cell("built", GOOD) if built else Cell(f"not built: {reason or 'unknown reason'}", WARN)
-        rest = [(ENGINE_LABELS.get(k, k), v) for k, v in engine.items() if k not in ("built", "reason")]
+        rest = [
+            (ENGINE_LABELS.get(k, k), v) for k, v in engine.items() if k not in ("built", "reason", "status")
+        ]
         sec.blocks.append(_kv([("status", state), *rest]))
     if trtexec:
-        sec.blocks += [Para("Equivalent trtexec command (run it on the target device):"), Code(str(trtexec))]
+        where = "on JetPack: /usr/src/tensorrt/bin/trtexec; on PATH in NVIDIA's TensorRT containers"
+        sec.blocks += [
+            Para(f"Equivalent trtexec command (run it on the target, inside the run folder; {where}):"),
+            Code(str(trtexec)),
+        ]
     return sec
 
 
