@@ -78,7 +78,7 @@ BUGS = (
         "        with signals_deferred():\n            import sys as _s\n"
         "            if not isinstance(_s.exc_info()[1], KeyboardInterrupt):\n"
         "                shutil.rmtree(self.dir, ignore_errors=True)",
-        ("tests/test_interrupts.py::test_catchable_signals_unwind_and_remove_the_staged_run",),
+        ("tests/test_interrupts.py::test_sigint_sigterm_and_sighup_unwind_and_remove_the_staged_run",),
         slow=True,
     ),
     Bug(
