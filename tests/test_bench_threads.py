@@ -141,10 +141,10 @@ def test_bench_prints_variant_names_in_full_when_not_a_terminal(tmp_path: Path) 
     # The INT8 file name is the longest variant; a copy of the FP32 model stands in for it.
     onnx.save(model, str(run / "model.int8.ort.onnx"))
     env = {**os.environ, "COLUMNS": "40"}  # a narrow log: rich would cut names to fit it
+    cli = [sys.executable, "-c", "from levit_edge.cli.app import main; main()"]
+    options = ["--batches", "1", "--threads", "1", "--rounds", "1", "--repeat", "1", "--warmup", "0"]
     proc = subprocess.run(
-        [sys.executable, "-c", "from levit_edge.cli.app import main; main()", "bench", str(run), "--batches", "1"]
-        + ["--threads", "1", "--rounds", "1", "--repeat", "1", "--warmup", "0", "--no-save"]
-        + ["--no-torch", "--no-openvino"],
+        [*cli, "bench", str(run), *options, "--no-save", "--no-torch", "--no-openvino"],
         capture_output=True,
         text=True,
         env=env,
@@ -153,5 +153,5 @@ def test_bench_prints_variant_names_in_full_when_not_a_terminal(tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert any("int8.ort" in line and "0." in line for line in lines), proc.stdout
-    assert any(line.split("│")[1:2] == [" fp32 "] or " fp32 " in line for line in lines), proc.stdout
+    assert any(" fp32 " in line for line in lines), proc.stdout
     assert "…" not in proc.stdout, proc.stdout
