@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Issue 16: ORT INT8 vs what users would pick instead, and the attention-fusion levers, in ONE process.
+
+Exports LeViT-128S at 224 (``levit-edge export --int8 --target all --no-engine``), then times side by side
+(``levit_edge.bench.time_variants``: interleaved rounds, each runner at the thread count its row reports):
+PyTorch eager (timm, fused), ``torch.compile``, ONNX Runtime FP32 / INT8 (ort profile) / TensorRT Q/DQ model,
+OpenVINO on the same ONNX files (when importable), and the ort-profile levers of
+``levit_edge.export.ort_levers`` (fused MultiHeadAttention, with and without head-major qkv weights), at
+batch 1 with 1, 4 and 16 threads (``--threads``) and batch 16 at the last thread count. Then ONNX Runtime's
+profile (time by op type, node counts) of the INT8 model and its levers. Writes one JSON file.
+
+    python benchmarks/cpu_int8.py --out benchmarks/results/xeon-int8-16.json --threads 1,4,16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+
+import onnx  # noqa: E402
+from run_benchmarks import calibration_array, export_model, log, machine, profile_ops  # noqa: E402
+
+LEVERS = {
+    "int8.ort+mha": ("int8.ort", False, "ort INT8 + com.microsoft MultiHeadAttention (attention_bias)"),
+    "int8.ort+mha+hm": ("int8.ort", True, "ort INT8 + MultiHeadAttention + head-major qkv weights"),
+    "fp32+mha+hm": ("fp32", True, "FP32 + MultiHeadAttention + head-major qkv weights"),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--work", default="/tmp/levit-int8-16")
+    ap.add_argument("--threads", default="1,4,16")
+    ap.add_argument("--calib-size", type=int, default=256)
+    ap.add_argument("--budget", type=float, default=6.0, help="seconds of timed calls per point")
+    ap.add_argument("--batch16", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--command", default=" ".join(sys.argv))
+    ap.add_argument("--reuse", action="store_true", help="reuse an earlier export in --work (smoke runs)")
+    args = ap.parse_args()
+
+    from levit_edge.bench import BenchSettings, run_dir_factories, skipped_variants, time_variants
+    from levit_edge.export.ort_levers import fuse_attention
+    from levit_edge.pipeline import ARTIFACT_FILES
+
+    work = Path(args.work)
+    out_path = Path(args.out)
+    result: dict[str, Any] = {"command": args.command, "machine": machine(), "started": time.time()}
+
+    def save() -> None:
+        out_path.write_text(json.dumps(result, indent=1, default=str))
+
+    calib = calibration_array(work, args.calib_size)
+    log("export levit_128s")
+    if args.reuse and (work / "levit_128s" / "report.json").is_file():
+        exported = {"run_dir": str(work / "levit_128s"), "reused": True}
+    else:
+        exported = export_model("levit_128s", work, calib, args.calib_size)
+    result["export"] = exported
+    run_dir = Path(exported["run_dir"])
+    factories, input_size = run_dir_factories(run_dir)
+    result["skipped"] = skipped_variants()
+    levers: dict[str, Any] = {}
+    from levit_edge.backends.onnxruntime import OnnxRuntimeRunner
+    from levit_edge.bench import INTERLEAVED_SESSION_CONFIG
+
+    for name, (base, head_major, what) in LEVERS.items():
+        model = onnx.load(str(run_dir / ARTIFACT_FILES[base]))
+        fused = fuse_attention(model, head_major=head_major)
+        path = run_dir / f"model.lever.{name}.onnx"
+        onnx.save(model, str(path))
+        levers[name] = {"what": what, **fused.__dict__}
+        factories[name] = lambda t, p=path: OnnxRuntimeRunner(p, t, config=INTERLEAVED_SESSION_CONFIG)
+    result["levers"] = levers
+    save()
+    threads = [int(t) for t in args.threads.split(",")]
+    rows: list[dict[str, Any]] = []
+    result["results"] = rows
+    points = [(1, t) for t in threads] + ([(16, threads[-1])] if args.batch16 else [])
+    for batch, t in points:
+        log(f"time batch {batch} threads {t}: {len(factories)} variants")
+        settings = BenchSettings(
+            batches=(batch,),
+            threads=(t,),
+            warmup=3,
+            rounds=5,
+            per_round=20,
+            input_size=input_size,
+            budget_s=args.budget,
+        )
+        rows += [r.to_dict() for r in time_variants(factories, settings, ("fp32", "int8.ort", "torch"))]
+        save()
+    prof: dict[str, Any] = {}
+    for key in ("fp32", "int8.ort", "int8.ort+mha", "int8.ort+mha+hm"):
+        path = run_dir / ARTIFACT_FILES.get(key, f"model.lever.{key}.onnx")
+        for t in (1, threads[-1]):
+            log(f"profile {key} threads {t}")
+            prof[f"{key}@{t}"] = profile_ops(path, threads=t, batch=1, runs=40)
+            save()
+    result["profile"] = prof
+    result["finished"] = time.time()
+    save()
+    log(f"wrote {out_path}")
+
+
+if __name__ == "__main__":
+    main()
