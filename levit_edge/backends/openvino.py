@@ -20,6 +20,10 @@ def openvino_unavailable_reason() -> str | None:
     """Why OpenVINO cannot run here (None: it can)."""
     if importlib.util.find_spec("openvino") is None:
         return "the openvino package is not installed (pip install 'levit-edge[openvino]')"
+    try:
+        import openvino  # noqa: F401  (a broken install is the unavailability being detected)
+    except Exception as exc:
+        return f"openvino does not import: {str(exc).strip().splitlines()[0][:200]}"
     return None
 
 
