@@ -110,5 +110,69 @@ def main() -> None:
     log(f"wrote {out_path}")
 
 
+def fixture_accuracy(fixture: Path, out: Path) -> dict[str, Any]:
+    """Top-1 on the trained fixture's validation split: FP32, the ort INT8 model with standard ops, and
+    with each attention lever (same calibration, same Q/DQ)."""
+    import dataclasses
+
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from levit_edge.data.preprocess import PreprocessConfig
+    from levit_edge.data.sources import DataSpec, open_source
+    from levit_edge.export.onnx import ExportSettings, export_onnx
+    from levit_edge.export.ort_levers import fuse_attention
+    from levit_edge.model.fuse import fuse_levit
+    from levit_edge.model.load import ModelSpec, load_model
+    from levit_edge.quant.calibrate import calibrate
+    from levit_edge.quant.profiles import ORT_PROFILE
+    from levit_edge.quant.quantize import quantize
+    from levit_edge.settings import QuantSettings
+
+    meta = json.loads((fixture / "result.json").read_text())
+    spec = ModelSpec(
+        name=meta["model_name"],
+        checkpoint=fixture / "checkpoint.pth",
+        num_classes=len(meta["classes"]),
+        img_size=meta["img_size"],
+    )
+    loaded = load_model(spec)
+    pre = PreprocessConfig.from_model(loaded.model)
+    torch.manual_seed(0)
+    out.mkdir(parents=True, exist_ok=True)
+    fp32 = out / "model.fp32.onnx"
+    fp32.write_bytes(export_onnx(fuse_levit(loaded.model), pre.input_size, ExportSettings(), {}))
+    calib = open_source(DataSpec(fixture / "data" / "calib", None, None, 0, False))
+    cal = calibrate(fp32, calib, pre, QuantSettings(), 32)
+    plain = out / "model.int8.ort.onnx"
+    quantize(fp32, cal, dataclasses.replace(ORT_PROFILE, fuse_attention=False), plain)
+    batches = list(open_source(DataSpec(fixture / "data" / "val", None, None, 0, False)).batches(pre, 64))
+    x = np.concatenate([b.images for b in batches])
+    y = np.concatenate([b.labels for b in batches if b.labels is not None])
+
+    def top1(model: onnx.ModelProto | Path) -> tuple[float, np.ndarray]:
+        data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+        sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        pred = np.asarray(sess.run(None, {sess.get_inputs()[0].name: x})[0]).argmax(1)
+        return round(float((pred == y).mean() * 100), 2), pred
+
+    res: dict[str, Any] = {"val_images": len(y), "calib_images": len(calib)}
+    res["fp32"], _ = top1(fp32)
+    res["int8.ort (standard ops)"], base = top1(plain)
+    for name, head_major in (("int8.ort+mha", False), ("int8.ort+mha+hm (the ort profile now)", True)):
+        model = onnx.load(str(plain))
+        fuse_attention(model, head_major=head_major)
+        res[name], pred = top1(model)
+        res[name + " agreement with standard ops %"] = round(float((pred == base).mean() * 100), 2)
+    return res
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 2 and sys.argv[1] == "fixture":  # cpu_int8.py fixture <fixture dir> <out.json>
+        acc = fixture_accuracy(Path(sys.argv[2]), Path("/tmp/levit-int8-16-fixture"))
+        acc["command"] = "python benchmarks/cpu_int8.py " + " ".join(sys.argv[1:])
+        Path(sys.argv[3]).write_text(json.dumps(acc, indent=1))
+        print(json.dumps(acc, indent=1))
+    else:
+        main()
