@@ -4,7 +4,7 @@
 accuracy file it writes), nothing typed by hand:
 
     python benchmarks/render_int8_16.py benchmarks/results/xeon-int8-16.json \
-        benchmarks/results/fixture-levers-16.json
+        benchmarks/results/fixture-levers-16.json benchmarks/results/epyc-int8-16.json
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _table(res: dict[str, Any]) -> tuple[dict[tuple[int, int], dict[str, Any]], 
     return pts, list(pts)
 
 
-def render(res: dict[str, Any], acc: dict[str, Any] | None) -> str:
+def render(res: dict[str, Any], acc: dict[str, Any] | None, local: dict[str, Any] | None = None) -> str:
     pts, keys = _table(res)
     m = res["machine"]
     v = m.get("versions", {})
@@ -60,7 +60,7 @@ def render(res: dict[str, Any], acc: dict[str, Any] | None) -> str:
         "OpenVINO 2026.4.1 (wheel carried to the machine).",
         f"Command: `{res['command']}` (raw: `benchmarks/results/{TAG}.json`; made into this section by "
         f"`python benchmarks/render_int8_16.py benchmarks/results/{TAG}.json "
-        "benchmarks/results/fixture-levers-16.json`).",
+        "benchmarks/results/fixture-levers-16.json benchmarks/results/epyc-int8-16.json`).",
         "LeViT-128S at 224, random weights, exported by `levit-edge export --int8 --target all --no-engine`; every "
         "variant timed side by side in interleaved rounds by `levit_edge.bench.time_variants` (the bench whose "
         "PyTorch thread restore is fixed); `threads used` is read back from each runtime after timing "
@@ -105,6 +105,20 @@ def render(res: dict[str, Any], acc: dict[str, Any] | None) -> str:
         f"| {r('int8.ort', 'torch', kb):.2f}x | {r(NEW, 'torch', kb):.2f}x | the earlier 4.95x (16 threads) "
         "came from PyTorch rows run on one thread |"
     )
+    if local:
+        t = local["timing"]
+        cpu = {k: t[k]["cpu_p50_ms"] for k in t}
+        lines += [
+            "",
+            f"On this project's 2-core machine ({describe_machine(local['machine'])}; shared with other jobs, so "
+            f"by the calling thread's CPU time; `{local['command']}`), one thread, batch 1: FP32 {cpu['fp32']:.2f} ms, "
+            f"INT8 standard ops {cpu['int8.ort']:.2f} ms ({cpu['fp32'] / cpu['int8.ort']:.2f}x), INT8 fused "
+            f"(the ort profile now) {cpu['int8.ort+mha+hm']:.2f} ms ({cpu['fp32'] / cpu['int8.ort+mha+hm']:.2f}x): "
+            f"target INT8 >= 1.5x FP32 at one thread **{'met' if cpu['fp32'] / cpu['int8.ort+mha+hm'] >= 1.5 else 'not met'}**"
+            " (wall p50 on the loaded machine: "
+            + ", ".join(f"{k} {t[k]['p50_ms']:.2f}" for k in t)
+            + " ms). The fusion is within noise here at one thread (-1 %).",
+        ]
     lines += ["", "### Levers (ort profile only; x = standard-ops INT8 p50 / lever p50)", ""]
     lines += [
         "| lever | nodes in the file | " + " | ".join(f"b{b}/{t} thr" for b, t in keys) + " | kept |",
@@ -209,7 +223,8 @@ def main() -> None:
         if len(sys.argv) > 2 and Path(sys.argv[2]).is_file()
         else None
     )
-    update_markdown(REPO / "BENCHMARKS.md", {TAG: render(res, acc)})
+    local = json.loads(Path(sys.argv[3]).read_text()) if len(sys.argv) > 3 else None
+    update_markdown(REPO / "BENCHMARKS.md", {TAG: render(res, acc, local)})
 
 
 if __name__ == "__main__":
