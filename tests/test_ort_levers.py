@@ -9,6 +9,7 @@ same top-1 decisions, and on the trained fixture top-1 within 0.5 point.
 from __future__ import annotations
 
 import collections
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from levit_edge.settings import QuantSettings
 from tests.helpers import random_levit
 
 IMG = 64
+STANDARD_OPS = dataclasses.replace(ORT_PROFILE, fuse_attention=False)  # the ort profile before issue 16
 Fixture = tuple[DatasetPaths, FixtureResult, Path]
 
 
@@ -57,7 +59,9 @@ def random_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
     pre = PreprocessConfig.from_model(model)
     cal = calibrate(fp32, open_source(DataSpec(npy, None, None, 0, False)), pre, QuantSettings(), 8)
     int8 = root / "model.int8.ort.onnx"
-    quantize(fp32, cal, ORT_PROFILE, int8)
+    quantize(fp32, cal, STANDARD_OPS, int8)
+    quantize(fp32, cal, ORT_PROFILE, root / "profile.int8.ort.onnx")
+    quantize(fp32, cal, TRT_PROFILE, root / "model.int8.trt.onnx")
     x = rng.standard_normal((8, 3, IMG, IMG)).astype(np.float32)
     return fp32, int8, x
 
@@ -120,11 +124,22 @@ def test_fused_attention_int8_graph_matches(
     assert (got.argmax(1) == plain.argmax(1)).mean() >= (plain.argmax(1) == ref.argmax(1)).mean()
 
 
-def test_trt_model_is_left_alone(random_models: tuple[Path, Path, np.ndarray], tmp_path: Path) -> None:
-    # Not a pass for the TensorRT model: it only rewrites what it matches and leaves ops standard otherwise;
-    # the tool applies it to the ort profile only (the TRT profile's Q/DQ graph is never given to it).
+def test_the_ort_profile_fuses_and_the_trt_profile_keeps_standard_ops(
+    random_models: tuple[Path, Path, np.ndarray],
+) -> None:
+    _, int8, x = random_models
+    profile = onnx.load(str(int8.with_name("profile.int8.ort.onnx")))
+    assert _ops(profile)["MultiHeadAttention"] == 11 and _ops(profile)["Softmax"] == 0
+    lever = onnx.load(str(int8))
+    fuse_attention(lever, head_major=True)
+    np.testing.assert_array_equal(_run(profile, x), _run(lever, x))  # the profile is exactly this lever
+    trt = onnx.load(str(int8.with_name("model.int8.trt.onnx")))
+    assert all(n.domain in ("", "ai.onnx") for n in trt.graph.node)
+    assert _ops(trt)["Softmax"] == 11 and "MultiHeadAttention" not in _ops(trt)
+
+
+def test_nothing_to_fuse_leaves_the_model_alone(random_models: tuple[Path, Path, np.ndarray]) -> None:
     fp32, _, _ = random_models
-    assert TRT_PROFILE.name == "trt"
     model = onnx.load(str(fp32))
     for node in model.graph.node:  # no Softmax: nothing to fuse, nothing changed
         if node.op_type == "Softmax":
@@ -152,7 +167,7 @@ def test_levers_keep_fixture_top1(trained_fixture: Fixture, tmp_path: Path) -> N
     fp32.write_bytes(export_onnx(fuse_levit(loaded.model), pre.input_size, ExportSettings(), {}))
     cal = calibrate(fp32, open_source(DataSpec(data.calib, None, None, 0, False)), pre, QuantSettings(), 32)
     int8 = tmp_path / "model.int8.ort.onnx"
-    quantize(fp32, cal, ORT_PROFILE, int8)
+    quantize(fp32, cal, STANDARD_OPS, int8)
     batches = list(open_source(DataSpec(data.val, None, None, 0, False)).batches(pre, 64))
     x = np.concatenate([b.images for b in batches])
     y = np.concatenate([b.labels for b in batches if b.labels is not None])
