@@ -44,9 +44,23 @@ def main() -> None:
     ap.add_argument("--batch16", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--command", default=" ".join(sys.argv))
     ap.add_argument("--reuse", action="store_true", help="reuse an earlier export in --work (smoke runs)")
+    ap.add_argument(
+        "--only-ort",
+        action="store_true",
+        help="ONNX Runtime variants only: standard-ops INT8 rebuilt from the run's calibration, the ort "
+        "profile's file and the levers, with the standard-ops model timed twice (first and last) to expose "
+        "any effect of position in the interleaved round",
+    )
     args = ap.parse_args()
 
-    from levit_edge.bench import BenchSettings, run_dir_factories, skipped_variants, time_variants
+    from levit_edge.backends.onnxruntime import OnnxRuntimeRunner
+    from levit_edge.bench import (
+        INTERLEAVED_SESSION_CONFIG,
+        BenchSettings,
+        run_dir_factories,
+        skipped_variants,
+        time_variants,
+    )
     from levit_edge.export.ort_levers import fuse_attention
     from levit_edge.pipeline import ARTIFACT_FILES
 
@@ -67,9 +81,25 @@ def main() -> None:
     run_dir = Path(exported["run_dir"])
     factories, input_size = run_dir_factories(run_dir)
     result["skipped"] = skipped_variants()
+    if args.only_ort:
+        import dataclasses
+
+        from levit_edge.quant.calibrate import CALIBRATION_FILE, Calibration
+        from levit_edge.quant.profiles import ORT_PROFILE
+        from levit_edge.quant.quantize import quantize
+
+        std = run_dir / "model.lever.int8.ort-std.onnx"
+        cal = Calibration.load(run_dir / CALIBRATION_FILE)
+        quantize(
+            run_dir / ARTIFACT_FILES["fp32"], cal, dataclasses.replace(ORT_PROFILE, fuse_attention=False), std
+        )
+        keep = {k: factories[k] for k in ("fp32", "int8.ort")}
+        factories = {
+            "int8.ort-std": lambda t, p=std: OnnxRuntimeRunner(p, t, config=INTERLEAVED_SESSION_CONFIG)
+        }
+        factories.update(keep)
+        ARTIFACT_FILES = {**ARTIFACT_FILES, "int8.ort": std.name}  # levers start from standard ops
     levers: dict[str, Any] = {}
-    from levit_edge.backends.onnxruntime import OnnxRuntimeRunner
-    from levit_edge.bench import INTERLEAVED_SESSION_CONFIG
 
     for name, (base, head_major, what) in LEVERS.items():
         model = onnx.load(str(run_dir / ARTIFACT_FILES[base]))
@@ -79,6 +109,8 @@ def main() -> None:
         levers[name] = {"what": what, **fused.__dict__}
         factories[name] = lambda t, p=path: OnnxRuntimeRunner(p, t, config=INTERLEAVED_SESSION_CONFIG)
     result["levers"] = levers
+    if args.only_ort:
+        factories["int8.ort-std#2"] = factories["int8.ort-std"]
     save()
     threads = [int(t) for t in args.threads.split(",")]
     rows: list[dict[str, Any]] = []

@@ -126,8 +126,8 @@ ORT_PROFILE = QuantProfile(
         "residual Adds read the float residual stream, not its quantize-dequantize copy (no DequantizeLinear "
         "runs)",
         "each attention core is one com.microsoft MultiHeadAttention node (baked bias as attention_bias) fed "
-        "by head-major qkv weights: 222 nodes run instead of 299; batch 1 on the 16-core Xeon, 1.27x / 1.02x "
-        "/ 1.09x faster at 1 / 4 / 16 threads (BENCHMARKS.md)",
+        "by head-major qkv weights: 222 nodes run instead of 299; on the 16-core Xeon with only ONNX Runtime "
+        "in the process, batch 1, 3-7 % faster at 4 and 16 threads, within noise at 1 (BENCHMARKS.md)",
     ),
 )
 
