@@ -84,6 +84,7 @@ def _ort(**changes: Any) -> QuantProfile:
         quantize_convs=True,
         quantize_conv_outputs=False,
         float_input_conv=False,
+        fuse_attention=False,
     )
     return dataclasses.replace(before, **changes)
 

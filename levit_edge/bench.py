@@ -6,6 +6,8 @@ machine that slows down or speeds up mid-run shifts every variant alike and the 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -57,6 +59,7 @@ class BenchResult:
     throughput: float  # images per second at p50
     calls: int
     ratios: dict[str, float] = field(default_factory=dict)  # baseline name -> baseline_p50 / this_p50
+    threads_used: int | None = None  # read back from the runtime after timing (None: not a CPU runner)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,20 +76,18 @@ def time_variants(
     rng = np.random.default_rng(seed)
     results: list[BenchResult] = []
     for threads in settings.threads:
-        runners = {name: make(threads) for name, make in factories.items()}
-        entered: dict[str, Runner] = {}
-        try:
-            for name, runner in runners.items():
-                entered[name] = runner.__enter__()
+        # An ExitStack exits runners in the reverse order of entering: PyTorch's thread count is
+        # process-wide, and each runner restores the count it found, so only LIFO order restores the right
+        # one (dict order left PyTorch on one thread after a one-thread pass).
+        with contextlib.ExitStack() as stack:
+            entered = {name: stack.enter_context(make(threads)) for name, make in factories.items()}
             for batch in settings.batches:
                 images = rng.standard_normal((batch, *settings.input_size)).astype(np.float32)
                 if progress:
                     progress(f"batch {batch}, threads {threads or 'all'}")
                 samples = _interleaved(entered, images, settings)
-                results.extend(_summarize(samples, batch, threads, baselines))
-        finally:
-            for runner in entered.values():
-                runner.__exit__(None, None, None)
+                used = {name: runner.threads_in_use() for name, runner in entered.items()}
+                results.extend(_summarize(samples, batch, threads, baselines, used))
     return results
 
 
@@ -115,7 +116,11 @@ def _interleaved(
 
 
 def _summarize(
-    samples: Mapping[str, list[float]], batch: int, threads: int | None, baselines: tuple[str, ...]
+    samples: Mapping[str, list[float]],
+    batch: int,
+    threads: int | None,
+    baselines: tuple[str, ...],
+    used: Mapping[str, int | None],
 ) -> list[BenchResult]:
     p50 = {name: float(np.percentile(v, 50)) for name, v in samples.items()}
     out = []
@@ -134,16 +139,18 @@ def _summarize(
                 throughput=batch * 1000.0 / p50[name],
                 calls=int(arr.size),
                 ratios=ratios,
+                threads_used=used.get(name),
             )
         )
     return out
 
 
 def run_dir_factories(
-    run_dir: Path, torch_models: bool = True
+    run_dir: Path, torch_models: bool = True, compile_torch: bool = True, openvino: bool = True
 ) -> tuple[dict[str, RunnerFactory], tuple[int, int, int]]:
-    """Runner factories for every artifact of a run directory (and PyTorch eager when its checkpoint is
-    still where the manifest says), plus the model's input size."""
+    """Runner factories for every artifact of a run directory (and PyTorch eager and ``torch.compile``
+    when its checkpoint is still where the manifest says; OpenVINO on the ONNX files when importable),
+    plus the model's input size. :func:`skipped_variants` says why an optional variant is missing."""
     from levit_edge.pipeline import ARTIFACT_FILES, FP32_FILE, preprocess_from_onnx
     from levit_edge.report.manifest import MANIFEST, read_json
 
@@ -152,7 +159,7 @@ def run_dir_factories(
     preprocess, _, _ = preprocess_from_onnx(run_dir / FP32_FILE)
     factories: dict[str, RunnerFactory] = {}
     if torch_models and (run_dir / MANIFEST).is_file():
-        factories.update(_torch_factories(read_json(run_dir / MANIFEST)))
+        factories.update(_torch_factories(read_json(run_dir / MANIFEST), compile_torch))
     for key, name in ARTIFACT_FILES.items():
         path = run_dir / name
         if key == "int8.plan" or not path.is_file():
@@ -165,6 +172,8 @@ def run_dir_factories(
         if tensorrt_unavailable_reason() is None:
             compatible = plan_is_version_compatible(run_dir)
             factories["int8.plan"] = lambda threads: TensorRTRunner(plan, version_compatible=compatible)
+    if openvino:
+        factories.update(_openvino_factories(run_dir))
     return factories, preprocess.input_size
 
 
@@ -181,6 +190,55 @@ def plan_is_version_compatible(run_dir: Path) -> bool:
     return isinstance(engine, dict) and engine.get("version_compatible") is True
 
 
+# OpenVINO variants: (ONNX artifact key, inference precision hint). None keeps OpenVINO's default, which is
+# bf16 on CPUs with AMX or AVX-512 BF16: the speed a user gets, at another precision than ours.
+OPENVINO_VARIANTS: dict[str, tuple[str, str | None]] = {
+    "openvino.fp32": ("fp32", None),
+    "openvino.fp32-f32": ("fp32", "f32"),
+    "openvino.int8.ort": ("int8.ort", None),
+    "openvino.int8.trt": ("int8.trt", None),
+}
+
+
+def skipped_variants(
+    torch_models: bool = True, compile_torch: bool = True, openvino: bool = True
+) -> dict[str, str]:
+    """Optional variants this machine cannot time, and why (for the user, not an error)."""
+    from levit_edge.backends.openvino import openvino_unavailable_reason
+
+    out: dict[str, str] = {}
+    if torch_models and compile_torch:
+        from levit_edge.backends.torch import compile_unavailable_reason
+
+        reason = compile_unavailable_reason()
+        if reason:
+            out["torch.compile"] = reason
+    reason = openvino_unavailable_reason() if openvino else None
+    if reason:
+        out["openvino.*"] = reason
+    return out
+
+
+def _openvino_factories(run_dir: Path) -> dict[str, RunnerFactory]:
+    from levit_edge.backends.openvino import openvino_unavailable_reason
+    from levit_edge.pipeline import ARTIFACT_FILES
+
+    if openvino_unavailable_reason() is not None:
+        return {}
+    out: dict[str, RunnerFactory] = {}
+    for name, (key, precision) in OPENVINO_VARIANTS.items():
+        path = run_dir / ARTIFACT_FILES[key]
+        if path.is_file():
+            out[name] = functools.partial(_openvino_runner, path, precision=precision)
+    return out
+
+
+def _openvino_runner(path: Path, threads: int | None, precision: str | None) -> Runner:
+    from levit_edge.backends.openvino import OpenVinoRunner
+
+    return OpenVinoRunner(path, threads, precision)
+
+
 # Interleaving many sessions in one process: a session's worker threads must stop spinning when its Run
 # returns, or they steal the cores of the next variant (seen as a 2-7x slow-down of multi-thread runs).
 INTERLEAVED_SESSION_CONFIG = {"session.force_spinning_stop": "1"}
@@ -192,8 +250,8 @@ def _ort_factory(path: Path) -> RunnerFactory:
     return lambda threads: OnnxRuntimeRunner(path, threads, config=INTERLEAVED_SESSION_CONFIG)
 
 
-def _torch_factories(manifest: Mapping[str, Any]) -> dict[str, RunnerFactory]:
-    from levit_edge.backends.torch import TorchRunner
+def _torch_factories(manifest: Mapping[str, Any], compile_torch: bool = True) -> dict[str, RunnerFactory]:
+    from levit_edge.backends.torch import TorchRunner, compile_unavailable_reason
     from levit_edge.model.fuse import fuse_levit
     from levit_edge.model.load import ModelSpec, load_model
 
@@ -209,10 +267,15 @@ def _torch_factories(manifest: Mapping[str, Any]) -> dict[str, RunnerFactory]:
     )
     loaded = load_model(spec)
     fused = fuse_levit(loaded.model)
-    return {
+    out: dict[str, RunnerFactory] = {
         "torch": lambda threads: TorchRunner(loaded.model, threads),
         "torch.fused": lambda threads: TorchRunner(fused, threads),
     }
+    if compile_torch and compile_unavailable_reason() is None:
+        # The timm model as a PyTorch user would deploy it: compiled by inductor (compiled again for each
+        # thread pass and batch size; the warm-up calls absorb that).
+        out["torch.compile"] = lambda threads: TorchRunner(loaded.model, threads, compile=True)
+    return out
 
 
 def results_table(results: list[BenchResult]) -> list[dict[str, Any]]:

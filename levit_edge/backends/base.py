@@ -46,6 +46,11 @@ class Runner(ABC):
     def deactivate(self) -> None:  # noqa: B027  (optional hook: most runners hold nothing to release)
         """Release what ``activate`` acquired."""
 
+    def threads_in_use(self) -> int | None:
+        """The CPU threads this runner infers with, read back from the backend itself (None: not a CPU
+        runner, or not known before the first call)."""
+        return None
+
     def infer(self, images: np.ndarray) -> np.ndarray:
         """Run one batch of any size and record its wall-clock latency in milliseconds."""
         if not self._active:

@@ -96,5 +96,10 @@ class OnnxRuntimeRunner(Runner):
         (out,) = self.session.run([self._output], {self._input: images})
         return np.asarray(out, dtype=np.float32)
 
+    def threads_in_use(self) -> int | None:
+        if self.session is None:
+            return None
+        return int(self.session.get_session_options().intra_op_num_threads)
+
     def deactivate(self) -> None:
         self.session = None

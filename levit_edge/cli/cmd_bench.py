@@ -5,9 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
+from rich.console import Console
+from rich.table import Column, Table
 
-from levit_edge.bench import BenchSettings, results_table, run_dir_factories, time_variants
+from levit_edge.bench import (
+    BenchSettings,
+    results_table,
+    run_dir_factories,
+    skipped_variants,
+    time_variants,
+)
 from levit_edge.cli.app import app, console, err_console
 from levit_edge.cli.common import summary
 from levit_edge.errors import UserError
@@ -25,6 +32,13 @@ def _ints(text: str, what: str, allow_all: bool = False) -> tuple[int | None, ..
         except ValueError:
             raise UserError(f"{what} must be a comma-separated list of integers, got '{text}'") from None
     return tuple(out)
+
+
+def _threads(requested: int | None, used: int | None) -> str:
+    """The thread count a row ran at, as the runtime reported it; 'all' shown with its number."""
+    if requested is None:
+        return f"all ({used})" if used is not None else "all"
+    return str(requested) if used in (None, requested) else f"{requested} (ran {used})"
 
 
 @app.command("bench")
@@ -45,6 +59,12 @@ def bench_cli(
     torch_models: bool = typer.Option(
         True, "--torch/--no-torch", help="Include PyTorch eager (original and fused)."
     ),
+    compile_torch: bool = typer.Option(
+        True, "--compile/--no-compile", help="Include torch.compile of the PyTorch model (with --torch)."
+    ),
+    openvino: bool = typer.Option(
+        True, "--openvino/--no-openvino", help="Include OpenVINO on the ONNX files, when it is installed."
+    ),
     save: bool = typer.Option(
         True, "--save/--no-save", help="Store the results in report.json (and re-hash)."
     ),
@@ -59,14 +79,17 @@ def bench_cli(
         warmup=warmup,
         budget_s=budget,
     )
-    factories, input_size = run_dir_factories(run_dir, torch_models)
+    factories, input_size = run_dir_factories(run_dir, torch_models, compile_torch, openvino)
+    skipped = skipped_variants(torch_models, compile_torch, openvino)
+    for name, reason in skipped.items():
+        err_console.print(f"[dim]skipped {name}: {reason}[/dim]")
     settings = BenchSettings(**{**settings.__dict__, "input_size": input_size})
     baselines = tuple(b for b in ("fp32", "torch") if b in factories)
     results = time_variants(
         factories, settings, baselines, progress=lambda m: err_console.print(f"[dim]timing {m}[/dim]")
     )
     table = Table(
-        "variant",
+        Column("variant", no_wrap=True),
         "batch",
         "threads",
         "p50 ms",
@@ -79,14 +102,19 @@ def bench_cli(
         table.add_row(
             r.variant,
             str(r.batch),
-            str(r.threads or "all"),
+            _threads(r.threads, r.threads_used),
             f"{r.p50_ms:.2f}",
             f"{r.p90_ms:.2f}",
             f"{r.p99_ms:.2f}",
             f"{r.throughput:.1f}",
             *(f"{r.ratios.get(b, float('nan')):.2f}" for b in baselines),
         )
-    console.print(table)
+    if console.is_terminal:
+        console.print(table)
+    else:  # a CI log, a pipe: as wide as the table needs, so no variant name or number is cut
+        wide = console.options.update(max_width=100_000)
+        width = max(console.width, console.measure(table, options=wide).maximum)
+        Console(file=console.file, width=width, highlight=False, color_system=None).print(table)
     if save:
         from levit_edge.pipeline import save_bench
 

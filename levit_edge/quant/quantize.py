@@ -13,6 +13,7 @@ from onnxruntime.quantization import QuantFormat, quantize_static
 from onnxruntime.quantization.calibrate import save_tensors_data
 
 from levit_edge.errors import UserError
+from levit_edge.export.ort_levers import fuse_attention
 from levit_edge.model.load import sha256_file
 from levit_edge.quant.calibrate import Calibration
 from levit_edge.quant.profiles import QuantProfile
@@ -78,6 +79,8 @@ def quantize(
         bypass_unquantized_consumers(qmodel, set(nodes))
     if exclude:
         read_float_inputs(qmodel, set(selected) - set(nodes))
+    if profile.fuse_attention:
+        fuse_attention(qmodel, head_major=True)
     qmodel.producer_name = "levit-edge"
     del qmodel.metadata_props[:]
     props = {p.key: p.value for p in model.metadata_props}
