@@ -674,12 +674,13 @@ def validate_run(
     hooks: Hooks | None = None,
 ) -> RunResult:
     """Re-check a finished run on a (new) validation set; update its reports and manifest in place."""
-    from levit_edge.report.manifest import read_json
+    from levit_edge.report.manifest import read_json, require_intact
 
     if not (run_dir / MANIFEST).is_file():
         raise UserError(f"{run_dir} is not a complete run directory (no {MANIFEST})")
     if not (run_dir / FP32_FILE).is_file():
         raise UserError(f"{run_dir} has no {FP32_FILE}")
+    require_intact(run_dir, "re-validate")  # before reading a model that may have been swapped
     timer = _Timer(hooks)
     source = open_source(val)
     preprocess, class_names, num_classes = preprocess_from_onnx(run_dir / FP32_FILE)
@@ -742,8 +743,8 @@ def save_sections(run_dir: Path, sections: dict[str, Any]) -> None:
     report = read_json(run_dir / "report.json")
     manifest = read_json(run_dir / MANIFEST)
     report.update(sections)
-    write_reports(run_dir, report)
-    write_manifest(run_dir, {k: v for k, v in manifest.items() if k not in ("files", "schema_version")})
+    body = {k: v for k, v in manifest.items() if k not in ("files", "schema_version")}
+    update_run(run_dir, lambda folder: write_reports(folder, report), body)  # all or nothing
 
 
 __all__ = ["MANIFEST", "ExportJob", "RunResult", "run_export", "validate_run"]
