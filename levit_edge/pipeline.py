@@ -661,8 +661,13 @@ def preprocess_from_onnx(path: Path) -> tuple[PreprocessConfig, tuple[str, ...] 
     if not isinstance(pre, dict):
         raise UserError(f"{path}: malformed levit_edge.preprocess metadata")
     props = {p.key: p.value for p in model.metadata_props}
-    names = json.loads(props["levit_edge.class_names"]) if "levit_edge.class_names" in props else None
-    num_classes = int(props.get("levit_edge.num_classes", "0"))
+    try:
+        names = json.loads(props["levit_edge.class_names"]) if "levit_edge.class_names" in props else None
+        num_classes = int(props.get("levit_edge.num_classes", "0"))
+    except ValueError:
+        raise UserError(f"{path}: malformed levit_edge.class_names / num_classes metadata") from None
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise UserError(f"{path}: malformed levit_edge.class_names metadata (not a list of names)")
     return PreprocessConfig.from_dict(pre), tuple(names) if names else None, num_classes
 
 

@@ -23,6 +23,9 @@ import pytest
 from levit_edge import pipeline
 from levit_edge.data.sources import DataSpec, open_source
 from levit_edge.errors import UserError
+from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.model.load import ModelSpec
+from levit_edge.pipeline import ExportJob, run_export
 from levit_edge.report.manifest import (
     MANIFEST,
     StagedRun,
@@ -87,7 +90,7 @@ def test_a_rewrite_refuses_a_tampered_run_and_leaves_it_untouched(
     run = make_run(tmp_path)
     tamper(run)
     before = snapshot(run)
-    with pytest.raises(UserError, match="does not match its manifest.json.*refusing to rewrite"):
+    with pytest.raises(UserError, match=r"does not match its manifest\.json.*refusing to rewrite"):
         update_run(run, new_report, {"status": "failed"})
     assert snapshot(run) == before
     assert verify_manifest(run) != []  # still caught: nothing was laundered
@@ -142,7 +145,7 @@ def test_force_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     (folder / "precious.txt").write_text("keep me")
     (folder / "sub" / "thesis.tex").write_text("years of work")
     before = snapshot(tmp_path)
-    with pytest.raises(UserError, match="not a levit-edge run.*--force replaces runs only"):
+    with pytest.raises(UserError, match=r"not a levit-edge run.*--force replaces runs only"):
         StagedRun(tmp_path, "r", force=True)
     assert snapshot(tmp_path) == before
 
@@ -326,3 +329,41 @@ def test_reports_with_names_that_are_not_utf8_are_written(tmp_path: Path) -> Non
     name = os.fsdecode(b"caf\xe9")  # how Python hands over a Latin-1 folder name
     write_atomic(tmp_path / "report.md", f"# class {name}\n")
     assert (tmp_path / "report.md").read_bytes().decode("utf-8") == "# class caf\\udce9\n"
+
+
+@pytest.mark.slow
+def test_an_export_with_a_class_folder_name_that_is_not_utf8_writes_its_reports(
+    trained_fixture: tuple[DatasetPaths, FixtureResult, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    data, result, checkpoint = trained_fixture
+    val = tmp_path / "val"
+    names = [*data.classes[:-1], os.fsdecode(b"caf\xe9")]  # the last class folder: Latin-1 bytes
+    for name, source in zip(names, data.classes, strict=True):
+        (val / name).mkdir(parents=True)
+        for png in sorted((data.val / source).glob("*.png"))[:2]:
+            shutil.copy(png, val / name / png.name)
+    job = ExportJob(
+        model=ModelSpec(result.model_name, checkpoint, len(result.classes), result.img_size),
+        val=DataSpec(val),
+        out=tmp_path / "out",
+        name="r",
+    )
+    run = run_export(job).run_dir
+    markdown = (run / "report.md").read_bytes().decode("utf-8")  # valid UTF-8 whatever the names
+    assert "caf\\udce9" in markdown
+    assert json.loads((run / "report.json").read_text())["status"] == "passed"
+    assert verify_manifest(run) == []
+
+
+def test_skip_bad_also_skips_a_dangling_symlink_in_the_data_hash(tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "a.png")
+    (folder / "b.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(UserError, match=r"b\.png"):
+        open_source(DataSpec(folder)).fingerprint()
+    assert len(open_source(DataSpec(folder, skip_bad=True)).fingerprint()) == 64

@@ -379,7 +379,9 @@ class _FileSource(ImageSource):
                 with open_regular(self._file(i)) as f:
                     digest = hashlib.file_digest(f, "sha256").hexdigest()
             except OSError as e:
-                raise UserError(f"cannot read image {self._file(i)}: {_one_line(e)}") from None
+                if not self._skip_bad:
+                    raise UserError(f"cannot read image {self._file(i)}: {_one_line(e)}") from None
+                digest = "unreadable"  # left out of every pass with skip_bad: hashed as such
             label = None if labels is None else int(labels[i])
             # one JSON line per item: unambiguous whatever characters the names contain
             h.update((json.dumps([name, label, digest]) + "\n").encode())
