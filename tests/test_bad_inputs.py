@@ -218,6 +218,16 @@ def _(c: Ctx) -> Case:
     return Case(c.export("--img-size", "50"), fragments=("--img-size must be a multiple of 16",))
 
 
+@case("export-img-size-absurd")
+def _(c: Ctx) -> Case:
+    return Case(c.export("--img-size", "4096"), fragments=("--img-size", "between 32 and 1024"))
+
+
+@case("export-seed-beyond-64-bits")
+def _(c: Ctx) -> Case:
+    return Case(c.export("--seed", str(2**64)), fragments=("--seed must be between",))
+
+
 # export: data
 @case("export-val-classes-do-not-match")
 def _(c: Ctx) -> Case:
