@@ -54,8 +54,14 @@ def describe_run(path: Path) -> dict[str, Any]:
     if path.is_dir() and not manifest_path.exists():
         raise UserError(f"{path} is not a complete run directory (no {MANIFEST})")
     manifest = read_json(manifest_path)
-    if "files" not in manifest:
-        raise UserError(f"{manifest_path} is not a levit-edge manifest (no 'files')")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(e, dict) and isinstance(e.get("sha256"), str) and isinstance(e.get("size"), int)
+        for e in files.values()
+    ):
+        raise UserError(
+            f"{manifest_path} is not a levit-edge manifest ('files' must map names to sha256/size)"
+        )
     return {
         "kind": "run",
         "path": str(manifest_path.parent),

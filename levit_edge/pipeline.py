@@ -680,8 +680,13 @@ def preprocess_from_onnx(path: Path) -> tuple[PreprocessConfig, tuple[str, ...] 
     if not isinstance(pre, dict):
         raise UserError(f"{path}: malformed levit_edge.preprocess metadata")
     props = {p.key: p.value for p in model.metadata_props}
-    names = json.loads(props["levit_edge.class_names"]) if "levit_edge.class_names" in props else None
-    num_classes = int(props.get("levit_edge.num_classes", "0"))
+    try:
+        names = json.loads(props["levit_edge.class_names"]) if "levit_edge.class_names" in props else None
+        num_classes = int(props.get("levit_edge.num_classes", "0"))
+    except ValueError:
+        raise UserError(f"{path}: malformed levit_edge.class_names / num_classes metadata") from None
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise UserError(f"{path}: malformed levit_edge.class_names metadata (not a list of names)")
     return PreprocessConfig.from_dict(pre), tuple(names) if names else None, num_classes
 
 
@@ -693,12 +698,13 @@ def validate_run(
     hooks: Hooks | None = None,
 ) -> RunResult:
     """Re-check a finished run on a (new) validation set; update its reports and manifest in place."""
-    from levit_edge.report.manifest import read_json
+    from levit_edge.report.manifest import read_json, require_intact
 
     if not (run_dir / MANIFEST).is_file():
         raise UserError(f"{run_dir} is not a complete run directory (no {MANIFEST})")
     if not (run_dir / FP32_FILE).is_file():
         raise UserError(f"{run_dir} has no {FP32_FILE}")
+    require_intact(run_dir, "re-validate")  # before reading a model that may have been swapped
     timer = _Timer(hooks)
     source = open_source(val)
     preprocess, class_names, num_classes = preprocess_from_onnx(run_dir / FP32_FILE)
@@ -761,8 +767,8 @@ def save_sections(run_dir: Path, sections: dict[str, Any]) -> None:
     report = read_json(run_dir / "report.json")
     manifest = read_json(run_dir / MANIFEST)
     report.update(sections)
-    write_reports(run_dir, report)
-    write_manifest(run_dir, {k: v for k, v in manifest.items() if k not in ("files", "schema_version")})
+    body = {k: v for k, v in manifest.items() if k not in ("files", "schema_version")}
+    update_run(run_dir, lambda folder: write_reports(folder, report), body)  # all or nothing
 
 
 __all__ = ["MANIFEST", "ExportJob", "RunResult", "run_export", "validate_run"]

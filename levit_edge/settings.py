@@ -76,6 +76,9 @@ class FallbackSettings:
         return self.budget is not None
 
 
+MAX_THREADS = 1024  # beyond any CPU here; a larger value is a typo, and ORT reports it as a model error
+
+
 @dataclass(frozen=True)
 class RuntimeSettings:
     """Execution knobs shared by calibration, validation and benchmarks."""
@@ -87,8 +90,10 @@ class RuntimeSettings:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.threads is not None and self.threads < 1:
-            raise UserError(f"--threads must be at least 1, got {self.threads}")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise UserError(f"--threads must be between 1 and {MAX_THREADS}, got {self.threads}")
+        if not 0 <= self.seed < 2**63:  # torch and numpy seeds are 64-bit
+            raise UserError(f"--seed must be between 0 and 2**63 - 1, got {self.seed}")
 
 
 @dataclass(frozen=True)

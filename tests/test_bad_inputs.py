@@ -218,6 +218,16 @@ def _(c: Ctx) -> Case:
     return Case(c.export("--img-size", "50"), fragments=("--img-size must be a multiple of 16",))
 
 
+@case("export-img-size-absurd")
+def _(c: Ctx) -> Case:
+    return Case(c.export("--img-size", "4096"), fragments=("--img-size", "between 32 and 1024"))
+
+
+@case("export-seed-beyond-64-bits")
+def _(c: Ctx) -> Case:
+    return Case(c.export("--seed", str(2**64)), fragments=("--seed must be between",))
+
+
 # export: data
 @case("export-val-classes-do-not-match")
 def _(c: Ctx) -> Case:
@@ -352,6 +362,66 @@ def _(c: Ctx) -> Case:
     return Case(args, fragments=("--name must be a plain directory name",))
 
 
+# export: what stands at out/NAME (issue 14)
+@case("export-force-over-a-folder-that-is-not-a-run")
+def _(c: Ctx) -> Case:
+    c.file("out/r/precious.txt", "keep me\n")
+    c.file("out/r/sub/thesis.tex", "years of work\n")
+    return Case(c.export("--force"), fragments=("not a levit-edge run", "--force replaces runs only"))
+
+
+@case("export-force-over-a-symlinked-run")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    c.out.mkdir()
+    (c.out / "r").symlink_to(run)
+    return Case(c.export("--force"), fragments=("is a symbolic link",))
+
+
+@case("export-name-is-a-dangling-symlink")
+def _(c: Ctx) -> Case:
+    c.out.mkdir()
+    (c.out / "r").symlink_to(c.dir / "nowhere")
+    return Case(c.export(), fragments=("is a symbolic link",))
+
+
+@case("export-name-too-long")
+def _(c: Ctx) -> Case:
+    args = c.export()
+    args[args.index("--name") + 1] = "n" * 250
+    return Case(args, fragments=("--name is too long",))
+
+
+@case("export-name-with-a-newline")
+def _(c: Ctx) -> Case:
+    args = c.export()
+    args[args.index("--name") + 1] = "a\nb"
+    return Case(args, fragments=("--name must be a plain directory name",))
+
+
+@case("export-name-a-lone-space")
+def _(c: Ctx) -> Case:
+    args = c.export()
+    args[args.index("--name") + 1] = " "
+    return Case(args, fragments=("--name must be a plain directory name",))
+
+
+@case("export-out-inside-a-run")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    args = c.export()
+    args[args.index("--out") + 1] = run / "sub"
+    return Case(args, fragments=("is inside the run", str(run)))
+
+
+@case("export-calib-shape-inferred-model-truncated")
+def _(c: Ctx) -> Case:
+    # Room for model.fp32.onnx but not for ONNX Runtime's larger shape-inferred copy of it
+    limit = (c.base_run / "model.fp32.onnx").stat().st_size + 4096
+    args = c.export("--int8", "--target", "ort", "--calib", c.data.calib)
+    return Case(args, fsize=limit, fragments=("model.fp32-inferred.onnx", "truncated"))
+
+
 # export: conflicting or invalid options
 @case("export-checkpoint-and-pretrained")
 def _(c: Ctx) -> Case:
@@ -400,7 +470,9 @@ def _(c: Ctx) -> Case:
     run = c.run_copy()
     (run / "model.fp32.onnx").unlink()
     (run / "model.fp32.onnx").write_bytes(b"\x08\x07garbage" * 100)
-    return Case(["validate", run, "--val", c.small_val], fragments=("not an ONNX model",))
+    # refused before the model is read: it is not the file the manifest hashed
+    args = ["validate", run, "--val", c.small_val]
+    return Case(args, fragments=("does not match its manifest.json", "model.fp32.onnx: size"))
 
 
 @case("validate-missing-val")
@@ -414,6 +486,60 @@ def _(c: Ctx) -> Case:
     run = c.run_copy()
     args = ["validate", run, "--val", c.small_val, "--max-drop", "-1"]
     return Case(args, fragments=("--max-drop must be a non-negative",))
+
+
+# validate, bench: a rewrite never launders a changed run (issue 14)
+def _swapped_model(c: Ctx, run: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(run / "model.fp32.onnx"))
+    onnx.helper.set_model_props(model, {"swapped": "yes"})  # a valid model, not the one hashed
+    (run / "model.fp32.onnx").unlink()
+    onnx.save(model, str(run / "model.fp32.onnx"))
+
+
+@case("validate-model-swapped-after-the-run")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    _swapped_model(c, run)
+    args = ["validate", run, "--val", c.small_val]
+    return Case(args, fragments=("does not match its manifest.json", "model.fp32.onnx", "refusing"))
+
+
+@case("validate-file-added-to-the-run")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    (run / "evil.sh").write_text("#!/bin/sh\n")
+    args = ["validate", run, "--val", c.small_val]
+    return Case(args, fragments=("evil.sh: not listed", "refusing to re-validate"))
+
+
+@case("validate-hash-edited-in-the-manifest")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["files"]["model.fp32.onnx"]["sha256"] = "0" * 64
+    (run / "manifest.json").unlink()
+    (run / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    args = ["validate", run, "--val", c.small_val]
+    return Case(args, fragments=("does not match its manifest.json", "manifest_sha256", "refusing"))
+
+
+@case("validate-fifo-named-png")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    val = c.dir / "val"
+    shutil.copytree(c.small_val, val)
+    os.mkfifo(val / c.data.classes[3] / "x.png")  # nobody writes to it: reading it would block forever
+    return Case(["validate", run, "--val", val], fragments=("x.png", "not a regular file (a FIFO)"))
+
+
+@case("bench-file-added-to-the-run")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    (run / "evil.sh").write_text("#!/bin/sh\n")
+    args = ["bench", run, "--no-torch", "--rounds", "1", "--repeat", "1", "--warmup", "0"]
+    return Case([*args, "--batches", "1", "--threads", "1"], fragments=("evil.sh", "refusing"))
 
 
 # verify
@@ -445,6 +571,16 @@ def _(c: Ctx) -> Case:
     run = c.run_copy()
     (run / "notes.txt").write_text("added after the run\n")
     return Case(["verify", run], fragments=("do not match manifest.json: notes.txt",))
+
+
+@case("verify-status-edited-in-the-manifest")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["status"] = "failed" if manifest["status"] == "passed" else "passed"
+    (run / "manifest.json").unlink()
+    (run / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return Case(["verify", run], fragments=("do not match manifest.json: manifest.json",))
 
 
 @case("verify-manifest-not-json")
@@ -487,6 +623,16 @@ def _(c: Ctx) -> Case:
     return Case(["inspect", path], fragments=("is not a manifest.json",))
 
 
+@case("inspect-manifest-files-entry-malformed")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["files"]["report.md"] = "not an entry"
+    (run / "manifest.json").unlink()
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    return Case(["inspect", run], fragments=("not a levit-edge manifest", "sha256/size"))
+
+
 # check-trt, build-engine
 @case("check-trt-image-not-onnx")
 def _(c: Ctx) -> Case:
@@ -518,6 +664,14 @@ def _(c: Ctx) -> Case:
     (run / "engine.plan").write_bytes(b"an engine built earlier")
     args = ["build-engine", run / "model.fp32.onnx", "--plan", run / "engine.plan"]
     return Case(args, fragments=("already exists", "--force"))
+
+
+@case("build-engine-plan-is-a-directory")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    (c.dir / "plans").mkdir()
+    args = ["build-engine", run / "model.fp32.onnx", "--plan", c.dir / "plans", "--force"]
+    return Case(args, fragments=("is a directory", "give an engine file path"))
 
 
 # bench
@@ -585,6 +739,8 @@ def _snapshot(root: Path) -> dict[str, str]:
             out[rel] = f"link:{os.readlink(path)}"
         elif path.is_dir():
             out[rel] = "dir"
+        elif not path.is_file():  # a FIFO: reading it would block
+            out[rel] = "special"
         else:
             out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out

@@ -79,6 +79,11 @@ def bench_cli(
         warmup=warmup,
         budget_s=budget,
     )
+    if save and run_dir.is_dir():
+        from levit_edge.report.manifest import MANIFEST, require_intact
+
+        if (run_dir / MANIFEST).is_file():
+            require_intact(run_dir, "save benchmark results into")  # before minutes of timing
     factories, input_size = run_dir_factories(run_dir, torch_models, compile_torch, openvino)
     skipped = skipped_variants(torch_models, compile_torch, openvino)
     for name, reason in skipped.items():

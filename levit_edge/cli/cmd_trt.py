@@ -71,6 +71,8 @@ def build_engine_cli(
             f"{model} is not TensorRT-ready: {violations[0]} (run 'levit-edge check-trt' for all)"
         )
     plan_path = plan or model.with_name("model.int8.plan")
+    if plan_path.is_dir() or (plan_path.is_symlink() and not plan_path.exists()):
+        raise UserError(f"--plan {plan_path} is a directory or a dangling link; give an engine file path")
     if plan_path.exists() and not force:
         raise UserError(f"{plan_path} already exists; pass --force to replace it")
     settings = EngineSettings(

@@ -9,9 +9,11 @@ resizing), in a deterministic order.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -178,6 +180,23 @@ class Batch:
 @dataclass(frozen=True)
 class _Failure:
     reason: str
+
+
+def open_regular(path: Path) -> io.BufferedReader:
+    """Open an image file for reading, refusing anything but a regular file: a FIFO or device named
+    ``*.png`` would block the read (and with it SIGINT/SIGTERM) forever. O_NONBLOCK makes the open itself
+    return at once for a FIFO; it means nothing for a regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) else "special"
+            raise OSError(f"not a regular file ({kind})")
+        os.set_blocking(fd, True)
+        return io.BufferedReader(io.FileIO(fd, "rb"))
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _one_line(error: BaseException) -> str:
@@ -357,10 +376,12 @@ class _FileSource(ImageSource):
         labels = self._labels
         for i, name in enumerate(self._names):
             try:
-                with self._file(i).open("rb") as f:
+                with open_regular(self._file(i)) as f:
                     digest = hashlib.file_digest(f, "sha256").hexdigest()
             except OSError as e:
-                raise UserError(f"cannot read image {self._file(i)}: {_one_line(e)}") from None
+                if not self._skip_bad:
+                    raise UserError(f"cannot read image {self._file(i)}: {_one_line(e)}") from None
+                digest = "unreadable"  # left out of every pass with skip_bad: hashed as such
             label = None if labels is None else int(labels[i])
             # one JSON line per item: unambiguous whatever characters the names contain
             h.update((json.dumps([name, label, digest]) + "\n").encode())
@@ -370,7 +391,7 @@ class _FileSource(ImageSource):
         transform = preprocess.transform()
 
         def load(i: int) -> np.ndarray:
-            with Image.open(self._file(i)) as image:
+            with open_regular(self._file(i)) as f, Image.open(f) as image:
                 image.load()  # decode fully here, so truncated files fail now and are named
                 return transform(image)
 

@@ -137,7 +137,10 @@ def metadata_json(model: onnx.ModelProto, key: str) -> object:
     props = read_metadata(model)
     if key not in props:
         raise UserError(f"ONNX model has no '{key}' metadata: was it exported by levit-edge?")
-    return json.loads(props[key])
+    try:
+        return json.loads(props[key])
+    except ValueError:
+        raise UserError(f"ONNX model's '{key}' metadata is not valid JSON") from None
 
 
 def verify_with_onnxruntime(

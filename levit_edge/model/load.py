@@ -48,10 +48,10 @@ class ModelSpec:
             raise UserError(f"'{self.name}' is not a timm LeViT; valid names: {', '.join(names)}")
         if self.checkpoint is not None and self.pretrained:
             raise UserError("--checkpoint and --pretrained are exclusive: pick one source of weights")
-        if self.num_classes is not None and self.num_classes < 1:
-            raise UserError(f"--num-classes must be at least 1, got {self.num_classes}")
-        if self.img_size is not None and (self.img_size < 32 or self.img_size % 16):
-            raise UserError(f"--img-size must be a multiple of 16 and at least 32, got {self.img_size}")
+        if self.num_classes is not None and not 1 <= self.num_classes <= 1_000_000:
+            raise UserError(f"--num-classes must be between 1 and 1000000, got {self.num_classes}")
+        if self.img_size is not None and (not 32 <= self.img_size <= 1024 or self.img_size % 16):
+            raise UserError(f"--img-size must be a multiple of 16 between 32 and 1024, got {self.img_size}")
 
 
 @dataclass(frozen=True)

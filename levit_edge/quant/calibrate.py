@@ -7,7 +7,10 @@ the TensorRT profile) is built from this file without running the model again.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,7 +31,7 @@ from levit_edge.data.sources import ImageSource
 from levit_edge.errors import UserError
 from levit_edge.export.onnx import INPUT_NAME
 from levit_edge.model.load import sha256_file
-from levit_edge.report.manifest import read_json, write_json
+from levit_edge.report.manifest import WRITE_ERRNOS, read_json, write_error, write_json
 from levit_edge.settings import QuantSettings
 
 CALIBRATION_FILE = "calibration.json"
@@ -131,13 +134,7 @@ def calibrate(
         extra["percentile"] = settings.percentile
         extra["symmetric"] = False  # keep signed ranges: the asymmetric ORT profile needs both ends
     with tempfile.TemporaryDirectory(prefix="levit-edge-calib-") as tmp:
-        calibrator = create_calibrator(
-            model_path,
-            None,  # every float tensor: either target may quantize any of them
-            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-            calibrate_method=_METHODS[settings.method],
-            extra_options=extra,
-        )
+        calibrator = _create_calibrator(model_path, Path(tmp), settings, extra)
         done = 0
         total = len(source)
         for batch in _batches(source, preprocess, batch_size):
@@ -160,6 +157,52 @@ def calibrate(
         class_names=source.class_names,
         skipped=len(source.skipped),
     )
+
+
+@contextlib.contextmanager
+def ort_scratch(model_path: Path, tmp: Path, produces: Path | None = None) -> Iterator[Path]:
+    """A link of the model in ``tmp`` for ORT's quantization tools, with their write failures named.
+
+    ORT writes a shape-inferred copy (``NAME-inferred.onnx``) beside the model it is given, from C++, and
+    does not check that write: on a full disk the copy comes out truncated (a protobuf DecodeError) or
+    missing. That becomes one line naming the file, and the copy never lands in the run folder itself.
+    A write failure of ORT's own output (no file name in it) names ``produces``.
+    """
+    from google.protobuf.message import DecodeError
+
+    local = tmp / model_path.name
+    try:
+        os.link(model_path, local)
+    except OSError:
+        shutil.copyfile(model_path, local)
+    inferred = tmp / f"{model_path.stem}-inferred{model_path.suffix}"
+    try:
+        yield local
+    except (DecodeError, FileNotFoundError) as exc:
+        if isinstance(exc, FileNotFoundError) and inferred.exists():
+            raise
+        state = "missing" if not inferred.exists() else f"truncated at {inferred.stat().st_size} bytes"
+        raise UserError(
+            f"cannot write {inferred.name} (ONNX Runtime's shape-inferred copy of {model_path.name}) in "
+            f"{tmp}: it came out {state}; is the disk full or a file-size limit set?"
+        ) from None
+    except OSError as exc:
+        if produces is None or exc.filename or exc.errno not in WRITE_ERRNOS:
+            raise
+        raise write_error(produces, exc) from None
+
+
+def _create_calibrator(model_path: Path, tmp: Path, settings: QuantSettings, extra: dict[str, Any]) -> Any:
+    # ORT saves the augmented model (more outputs, so larger than the model) with no file name in a
+    # write error: name it
+    with ort_scratch(model_path, tmp, tmp / "augmented.onnx") as local:
+        return create_calibrator(
+            local,
+            None,  # every float tensor: either target may quantize any of them
+            augmented_model_path=str(tmp / "augmented.onnx"),
+            calibrate_method=_METHODS[settings.method],
+            extra_options=extra,
+        )
 
 
 def _batches(source: ImageSource, preprocess: PreprocessConfig, batch_size: int) -> Iterator[np.ndarray]:

@@ -15,7 +15,7 @@ from onnxruntime.quantization.calibrate import save_tensors_data
 from levit_edge.errors import UserError
 from levit_edge.export.ort_levers import fuse_attention
 from levit_edge.model.load import sha256_file
-from levit_edge.quant.calibrate import Calibration
+from levit_edge.quant.calibrate import Calibration, ort_scratch
 from levit_edge.quant.profiles import QuantProfile
 from levit_edge.report.manifest import write_atomic
 
@@ -59,21 +59,22 @@ def quantize(
         save_tensors_data(tensors, cache)
         tmp_out = Path(tmp) / "model.onnx"
         logging.getLogger().setLevel(logging.ERROR)  # ORT logs a pre-processing hint we follow knowingly
-        quantize_static(
-            str(model_path),
-            str(tmp_out),
-            calibration_data_reader=None,
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=op_types,
-            per_channel=True,
-            reduce_range=profile.reduce_range,
-            activation_type=activation_type,
-            weight_type=weight_type,
-            nodes_to_quantize=nodes,
-            calibrate_method=tensors.calibration_method,
-            extra_options=profile.extra_options(),
-            calibration_cache_path=str(cache),
-        )
+        with ort_scratch(model_path, Path(tmp), out) as local:
+            quantize_static(
+                str(local),
+                str(tmp_out),
+                calibration_data_reader=None,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=op_types,
+                per_channel=True,
+                reduce_range=profile.reduce_range,
+                activation_type=activation_type,
+                weight_type=weight_type,
+                nodes_to_quantize=nodes,
+                calibrate_method=tensors.calibration_method,
+                extra_options=profile.extra_options(),
+                calibration_cache_path=str(cache),
+            )
         qmodel = onnx.load(str(tmp_out))
     if profile.float_bypass:
         bypass_unquantized_consumers(qmodel, set(nodes))

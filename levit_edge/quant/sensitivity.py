@@ -36,6 +36,7 @@ from onnxruntime.quantization.qdq_loss_debug import (
 )
 
 from levit_edge.export.onnx import INPUT_NAME
+from levit_edge.quant.calibrate import ort_scratch
 from levit_edge.quant.profiles import QuantProfile
 from levit_edge.validate.metrics import mean_kl
 
@@ -254,9 +255,12 @@ def activation_sqnr(
     energy = _Energy()
     with tempfile.TemporaryDirectory(prefix="levit-edge-sqnr-") as tmp:
         f_aug, q_aug = str(Path(tmp) / "fp32.onnx"), str(Path(tmp) / "qdq.onnx")
-        modify_model_output_intermediate_tensors(fp32_path, f_aug, op_types)
+        # links in tmp: ORT writes a shape-inferred copy beside the model, never into the run (read-only)
+        with ort_scratch(fp32_path, Path(tmp)) as local:
+            modify_model_output_intermediate_tensors(str(local), f_aug, op_types)
         # QuantizeLinear's float input is the pre-Q/DQ tensor: saved so each pair can be matched
-        modify_model_output_intermediate_tensors(qdq_path, q_aug, [*op_types, "QuantizeLinear"])
+        with ort_scratch(qdq_path, Path(tmp)) as local:
+            modify_model_output_intermediate_tensors(str(local), q_aug, [*op_types, "QuantizeLinear"])
         for start in range(0, len(images), _CHUNK):
             chunk = np.ascontiguousarray(images[start : start + _CHUNK], dtype=np.float32)
             f_act = collect_activations(f_aug, _OneBatch(chunk))
