@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import re
@@ -19,7 +20,6 @@ from types import FrameType
 from typing import Any
 
 from levit_edge.errors import UserError
-from levit_edge.model.load import sha256_file
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -339,6 +339,15 @@ def _pid_alive(text: str) -> bool:
     except PermissionError:
         return True
     return pid != os.getpid()
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 TMP_DIR = ".tmp"
