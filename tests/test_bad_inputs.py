@@ -431,21 +431,21 @@ def _(c: Ctx) -> Case:
     data[10] ^= 0x01
     report.unlink()
     report.write_bytes(bytes(data))
-    return Case(["verify", run], fragments=("1 file(s) do not match manifest.json: report.json",, code=5)
+    return Case(["verify", run], fragments=("1 file(s) do not match manifest.json: report.json",), code=5)
 
 
 @case("verify-removed-file")
 def _(c: Ctx) -> Case:
     run = c.run_copy()
     (run / "report.md").unlink()
-    return Case(["verify", run], fragments=("do not match manifest.json: report.md",, code=5)
+    return Case(["verify", run], fragments=("do not match manifest.json: report.md",), code=5)
 
 
 @case("verify-added-file")
 def _(c: Ctx) -> Case:
     run = c.run_copy()
     (run / "notes.txt").write_text("added after the run\n")
-    return Case(["verify", run], fragments=("do not match manifest.json: notes.txt",, code=5)
+    return Case(["verify", run], fragments=("do not match manifest.json: notes.txt",), code=5)
 
 
 @case("verify-manifest-not-json")
