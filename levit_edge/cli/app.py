@@ -141,8 +141,11 @@ _last_error: list[str] = []
 
 
 def _error(message: str) -> None:
+    from levit_edge.cli.output import log
+
     _last_error.append(message)
     err_console.print(f"error: {message}", markup=False, soft_wrap=True)
+    log.error("error: %s", message, extra={"console": False})  # for --log-file: stderr has it already
 
 
 def _run(argv: list[str]) -> None:

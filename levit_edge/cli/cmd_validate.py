@@ -61,8 +61,9 @@ def validate_cli(
 def verify_cli(run_dir: Path = typer.Argument(..., help="A run directory with a manifest.json.")) -> None:
     """Re-hash every file of a run against its manifest; exit 5 on any mismatch (1: not a run)."""
     from levit_edge.api import verify
-    from levit_edge.cli.output import set_result
+    from levit_edge.cli.output import log, set_result
 
+    log.debug("%s: re-hashing every file against manifest.json", run_dir)
     try:
         verify(run_dir)
     except RunMismatch as exc:

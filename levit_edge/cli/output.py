@@ -51,6 +51,8 @@ class ConsoleHandler(logging.Handler):
         self.console = console
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "console", True) is False:
+            return
         try:
             self.console.print(self.format(record), markup=False, highlight=False, soft_wrap=True)
         except Exception:  # a logging handler must never raise into the command

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,10 +14,28 @@ from onnxruntime.quantization import QuantFormat, quantize_static
 from onnxruntime.quantization.calibrate import save_tensors_data
 
 from levit_edge.errors import UserError
-from levit_edge.model.load import sha256_file
 from levit_edge.quant.calibrate import Calibration
 from levit_edge.quant.profiles import QuantProfile
-from levit_edge.report.manifest import write_atomic
+from levit_edge.report.manifest import sha256_file, write_atomic
+
+
+class _ErrorsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+@contextlib.contextmanager
+def _root_notices_muted() -> Iterator[None]:
+    """Drop the notices ONNX Runtime's quantizer logs on the *root* logger (a pre-processing hint we
+    follow knowingly) for the duration of one call. A logger filter sees only records logged on the root
+    logger itself, not those other loggers propagate to it; the root's level is never touched."""
+    root = logging.getLogger()
+    muted = _ErrorsOnly()
+    root.addFilter(muted)
+    try:
+        yield
+    finally:
+        root.removeFilter(muted)
 
 
 @dataclass(frozen=True)
@@ -57,22 +76,22 @@ def quantize(
         tensors = calibration.tensors_data()
         save_tensors_data(tensors, cache)
         tmp_out = Path(tmp) / "model.onnx"
-        logging.getLogger().setLevel(logging.ERROR)  # ORT logs a pre-processing hint we follow knowingly
-        quantize_static(
-            str(model_path),
-            str(tmp_out),
-            calibration_data_reader=None,
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=op_types,
-            per_channel=True,
-            reduce_range=profile.reduce_range,
-            activation_type=activation_type,
-            weight_type=weight_type,
-            nodes_to_quantize=nodes,
-            calibrate_method=tensors.calibration_method,
-            extra_options=profile.extra_options(),
-            calibration_cache_path=str(cache),
-        )
+        with _root_notices_muted():
+            quantize_static(
+                str(model_path),
+                str(tmp_out),
+                calibration_data_reader=None,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=op_types,
+                per_channel=True,
+                reduce_range=profile.reduce_range,
+                activation_type=activation_type,
+                weight_type=weight_type,
+                nodes_to_quantize=nodes,
+                calibrate_method=tensors.calibration_method,
+                extra_options=profile.extra_options(),
+                calibration_cache_path=str(cache),
+            )
         qmodel = onnx.load(str(tmp_out))
     if profile.float_bypass:
         bypass_unquantized_consumers(qmodel, set(nodes))
