@@ -226,3 +226,55 @@ def test_piped_output_is_never_cut_at_80_columns(tmp_path: Path) -> None:
     assert len(lines) == 1 and long_name in lines[0], proc.stdout
     table = cli("inspect", run)
     assert any(long_name in line for line in table.stdout.splitlines()), table.stdout
+
+
+_HOOKS = """
+import sys
+from levit_edge.cli.app import console, err_console
+from levit_edge.cli.common import RichHooks
+from levit_edge.cli.output import configure, reset
+configure(err_console, console, False, False, "-v" in sys.argv, None)
+with RichHooks(lines="lines" in sys.argv) as hooks:
+    hooks.stage("fallback")
+    for done in range(0, 41):
+        hooks.progress("sensitivity int8.ort", done, 40)
+reset()
+"""
+
+
+@pytest.mark.parametrize("mode", ["lines", "plain", "plain-v"])
+def test_progress_off_a_terminal_is_a_line_per_step(mode: str) -> None:
+    """Long commands (debug, --accuracy-budget) print a line per stage and tenth of a task; others stay
+    quiet (stderr is for the error line) unless -v asks for every update."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _HOOKS, mode, "-v" if mode.endswith("-v") else ""],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    if mode == "plain":
+        assert lines == []
+        return
+    assert lines[0] == "stage fallback"
+    steps = [line for line in lines if line.startswith("sensitivity int8.ort ")]
+    assert steps[-1] == "sensitivity int8.ort 40/40 (100%)"
+    assert len(steps) == (41 if mode == "plain-v" else 11)  # 0%, 10%, ... 100%
+
+
+def test_verbose_shows_debug_detail_and_the_log_file_keeps_it(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    log = tmp_path / "v.log"
+    assert "re-hashing" not in cli("verify", run).stderr
+    verbose = cli("verify", run, "-v", "--log-file", log)
+    assert verbose.returncode == 0 and "re-hashing" in verbose.stderr
+    quiet = cli("verify", run, "-q", "--log-file", log)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    logged = log.read_text().splitlines()
+    assert sum("re-hashing" in line for line in logged) == 2  # appended: -q/-v do not change the file
+    (run / "notes.txt").write_text("changed\n")
+    cli("verify", run, "-q", "--log-file", log)
+    assert any(
+        "ERROR" in line and "do not match manifest.json" in line for line in log.read_text().splitlines()
+    )

@@ -2,9 +2,10 @@
 
 ``--json``: stdout carries exactly one JSON document (the command's result, or the error and exit code),
 printed by ``main`` when the command ends; tables and the summary line are not printed. ``-q``: only the
-error line on stderr. ``-v``: debug detail (every progress update). ``--log-file``: every message at debug
-level with timestamps, whatever ``-q``/``-v`` say. Messages are ``logging`` records of the ``levit_edge``
-logger (library modules log their steps there); the handlers are attached for one command and removed.
+error line on stderr. ``-v``: debug detail (every progress update). ``--log-file``: every message at
+debug level with timestamps, whatever ``-q``/``-v`` say, appended to the file. Messages are ``logging``
+records of the ``levit_edge`` logger (library modules log their steps there); the handlers are attached
+for one command and removed.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ _OPTIONS = (
     inspect.Parameter(
         "log_file",
         inspect.Parameter.KEYWORD_ONLY,
-        default=typer.Option(None, "--log-file", help="Also write every message, with times, to this file."),
+        default=typer.Option(None, "--log-file", help="Also append every message, with times, to this file."),
         annotation=Path | None,
     ),
 )
