@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -63,7 +64,9 @@ def bench_cli(
         budget_s=budget,
     )
     factories, input_size = run_dir_factories(run_dir, torch_models)
-    settings = BenchSettings(**{**settings.__dict__, "input_size": input_size})
+    # the load before timing starts (the benchmark's own threads would count once it runs)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    settings = BenchSettings(**{**settings.__dict__, "input_size": input_size, "load_average": load})
     baselines = tuple(b for b in ("fp32", "torch") if b in factories)
     results = time_variants(factories, settings, baselines, progress=lambda m: log.info("timing %s", m))
     table = Table(
