@@ -81,6 +81,9 @@ def test_tables_have_human_headings_units_and_rounding(tmp_path: Path) -> None:
     assert "output SQNR (dB)" in _section(md, "Layer sensitivity")
     assert "21.2" in _section(md, "Layer sensitivity")
     assert 'alt="median latency per image by variant, batch and threads"' in page
+    raw = (tmp_path / "report.html").read_text()
+    assert '<td class="word">MatMul</td>' in raw  # short tokens never break mid-word
+    assert "/<wbr>stages.1/<wbr>blocks.0/<wbr>attn" in raw  # node names wrap after a slash only
 
 
 def test_environment_is_not_repeated_and_stage_total_is_the_export_only(tmp_path: Path) -> None:

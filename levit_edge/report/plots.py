@@ -241,9 +241,11 @@ def latency_chart(rows: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -
                     xs, ys, width, color=colours[i % len(colours)], label=label(names.get(variant, variant))
                 )
             ax.set_xticks([j + 0.4 - width / 2 for j in range(len(threads))])
-            ax.set_xticklabels([f"{t} threads" if t else "all cores" for t in threads])
+            ax.set_xticklabels([f"{t} thread{'s' * (t != 1)}" if t else "all cores" for t in threads])
             ax.set_title(f"batch {batch}", loc="left")
             ax.set_ylabel("median ms per image")
-        axes[0].legend(loc="upper right", frameon=False, fontsize=7)
+        # below the panels: inside one, the legend would cover its bars
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(variants), 3), frameon=False)
 
-    return _render(draw, (max(4.0, 3.6 * len(batches)), 3.2))
+    return _render(draw, (max(4.0, 3.6 * len(batches)), 3.6))

@@ -809,7 +809,7 @@ _SENSITIVITY_COLUMNS: dict[str, tuple[str, Callable[[Any], Text]]] = {
     "input_sqnr_db": ("input SQNR (dB)", _db),
     "weight_sqnr_db": ("weight SQNR (dB)", _db),
     "agreement_delta": ("agreement gained in float (pts)", lambda x: _fixed(x, 2, sign=True)),
-    "kl": ("KL, layer alone in float", _kl),
+    "kl": ("KL with the layer in float", _kl),
     "kl_gain": ("KL removed", _kl),
 }
 _FALLBACK_COLUMNS: dict[str, tuple[str, Callable[[Any], Text]]] = {
@@ -1007,7 +1007,8 @@ def _bench(report: Mapping[str, Any], plots: bool = True) -> Section | None:
     blocks.append(Table((*table.headers, *ratios), tuple(cells)))
     # the run's environment is its own section: only what differs at benchmark time is listed here
     run_env = _map(report.get("environment"))
-    differs = [(k, v) for k, v in env.items() if k != "versions" and run_env.get(k) != v]
+    names = {"cpu": "CPU", "cpu_count": "cores", "cpu_flags": "INT8 CPU features"}
+    differs = [(names.get(k, k), v) for k, v in env.items() if k != "versions" and run_env.get(k) != v]
     if differs:
         blocks += [Sub("Benchmark machine (where it differs from the run's)"), _kv(differs)]
     return Section("Benchmark", blocks)
@@ -1144,7 +1145,8 @@ th,td{border:1px solid #d0d7de;padding:4px 9px;text-align:left;vertical-align:to
 th{background:#f6f8fa;font-weight:600}
 tr:nth-child(even) td{background:#fbfcfd}
 table.kv td:first-child{background:#f6f8fa;color:#424a53;white-space:nowrap}
-td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}td.num,td.word{white-space:nowrap}
+th{overflow-wrap:normal}
 pre{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:10px 12px;white-space:pre-wrap;
  overflow-wrap:anywhere;font:12px/1.5 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 img{max-width:100%;height:auto;display:block;margin:8px 0}
@@ -1161,9 +1163,19 @@ def _cls(*names: str | None) -> str:
     return f' class="{" ".join(present)}"' if present else ""
 
 
-def _html_text(tag: str, t: Text, extra: str | None = None) -> str:
+def _html_text(tag: str, t: Text, extra: str | None = None, paths: bool = False) -> str:
     tone = t.tone if isinstance(t, Cell) else None
-    return f"<{tag}{_cls(extra, tone)}>{_h(_text(t))}</{tag}>"
+    body = _h(_text(t))
+    raw = _text(t)
+    if paths and raw.count("/") >= 2 and not any(c.isspace() for c in raw):
+        # node names and file paths wrap after a slash, not inside a word (<wbr> copies as nothing)
+        body = body.replace("/", "/<wbr>")
+    return f"<{tag}{_cls(extra, tone)}>{body}</{tag}>"
+
+
+def _word(text: str) -> bool:
+    """A short single token (an op type, a variant, yes/no): kept on one line, never broken mid-word."""
+    return 0 < len(text) <= 16 and not any(c.isspace() for c in text)
 
 
 def _html_table(table: Table) -> list[str]:
@@ -1175,7 +1187,10 @@ def _html_table(table: Table) -> list[str]:
         out.append("</tr></thead>")
     out.append("<tbody>")
     for row in table.rows:
-        cells = "".join(_html_text("td", c, "num" if n else None) for c, n in zip(row, numeric, strict=False))
+        cells = "".join(
+            _html_text("td", c, "num" if n else "word" if _word(_text(c)) else None, paths=True)
+            for c, n in zip(row, numeric, strict=False)
+        )
         out.append(f"<tr>{cells}</tr>")
     out.append("</tbody></table>")
     return out
