@@ -278,3 +278,18 @@ def test_verbose_shows_debug_detail_and_the_log_file_keeps_it(tmp_path: Path) ->
     assert any(
         "ERROR" in line and "do not match manifest.json" in line for line in log.read_text().splitlines()
     )
+
+
+def test_a_root_handler_does_not_print_the_cli_lines_twice(tmp_path: Path) -> None:
+    """Dependencies call logging.basicConfig(); the CLI's messages must still appear once, as plain lines."""
+    run = make_run(tmp_path)
+    (run / "notes.txt").write_text("changed\n")
+    code = (
+        "import logging, sys; logging.basicConfig(); from levit_edge.cli.app import main; main(sys.argv[1:])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "verify", str(run), "-v"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 5
+    assert "levit_edge" not in proc.stderr  # no "ERROR:levit_edge.cli:..." copy from the root handler
+    assert sum(line.startswith("error: ") for line in proc.stderr.splitlines()) == 1

@@ -38,7 +38,7 @@ class OutputMode:
     verbose: bool = False
     document: dict[str, Any] | None = None  # what --json prints; set by the command
     handlers: list[logging.Handler] = field(default_factory=list)
-    saved_level: int = logging.NOTSET
+    saved_level: int = logging.NOTSET  # of the levit_edge logger, restored by reset()
 
 
 MODE = OutputMode()
@@ -88,6 +88,9 @@ def configure(
     for h in MODE.handlers:
         root.addHandler(h)
     root.setLevel(logging.DEBUG)
+    # the CLI owns these lines: a handler some dependency put on the root logger (ONNX Runtime's tools
+    # call logging.basicConfig) must not print them a second time, in its own format
+    root.propagate = False
 
 
 def reset() -> None:
@@ -98,6 +101,7 @@ def reset() -> None:
         h.close()
     if MODE.handlers:
         root.setLevel(MODE.saved_level)
+        root.propagate = True
     MODE.handlers.clear()
 
 
