@@ -4,7 +4,7 @@ the ``--accuracy-budget`` result, for both INT8 targets, on the trained fixture;
 ``accuracy-aware`` section (between its markers only) and ``benchmarks/results/accuracy-aware.json``.
 
 Two calibration sets: the fixture's own (20 images per class) and a skewed one (the first two images of a
-single class, what the head of a class-sorted listing gives; REFERENCE.md section 4). For each set and
+single class, what the head of a class-sorted listing gives). For each set and
 method one ``levit-edge export --int8 --target all --no-engine --accuracy-budget B`` runs through the
 library; the all-quantized model is its fallback step 0 (rebuilt byte for byte from the run's
 calibration.json for timing), the accuracy-aware model is what the run kept. Latency: batch 1, the FP32,

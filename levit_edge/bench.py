@@ -33,6 +33,8 @@ class BenchSettings:
     per_round: int = 10
     input_size: tuple[int, int, int] = (3, 224, 224)
     budget_s: float | None = None  # set: fewer calls per round, so one point takes about this long
+    # os.getloadavg() just before timing (a record, not a knob): the report flags a loaded machine
+    load_average: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.batches or any(b < 1 for b in self.batches):

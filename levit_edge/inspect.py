@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
-
-import onnx
+from typing import TYPE_CHECKING, Any
 
 from levit_edge.errors import UserError
-from levit_edge.export.onnx import load_onnx, op_histogram, read_metadata
 from levit_edge.export.ort_format import is_firmware_file, operators_of
-from levit_edge.report.manifest import MANIFEST, read_json
+from levit_edge.report.manifest import MANIFEST, read_json, sha256_file
+
+if TYPE_CHECKING:  # onnx is imported only to describe a model: a run directory needs just its manifest
+    import onnx
 
 
 def _shape(vi: onnx.ValueInfoProto) -> list[int | str]:
@@ -20,11 +20,15 @@ def _shape(vi: onnx.ValueInfoProto) -> list[int | str]:
 
 
 def _elem(vi: onnx.ValueInfoProto) -> str:
+    import onnx
+
     return onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
 
 
 def describe_onnx(path: Path) -> dict[str, Any]:
     """Inputs, outputs, opset, op histogram, Q/DQ count and levit-edge metadata of an ONNX file."""
+    from levit_edge.export.onnx import load_onnx, op_histogram, read_metadata
+
     model = load_onnx(path)
     ops = op_histogram(model)
     meta: dict[str, Any] = {}
@@ -77,7 +81,6 @@ def describe_run(path: Path) -> dict[str, Any]:
 def describe_ort_format(path: Path) -> dict[str, Any]:
     """An ONNX Runtime format (.ort) model: loadable by ONNX Runtime, described through a session."""
     from levit_edge.backends.onnxruntime import load_session
-    from levit_edge.model.load import sha256_file
 
     session = load_session(path, threads=1)
     meta = session.get_modelmeta()

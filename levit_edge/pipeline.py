@@ -299,12 +299,14 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
     if gate is not None and not gate.passed:
         unmet = [o.message for o in fallback if not o.met]
         raise AccuracyGateFailed(
-            f"accuracy gate failed ({'; '.join(unmet or gate.failures)}); artifacts kept in {final}"
+            f"accuracy gate failed ({'; '.join(unmet or gate.failures)}); artifacts kept in {final}",
+            result,
         )
     if engine_reason is not None:
         raise EngineUnavailable(
             f"TensorRT engine not built: {engine_reason}. Everything else is in {final}; build the engine on "
-            f"the target with: levit-edge build-engine {final / TRT_FILE}"
+            f"the target with: levit-edge build-engine {final / TRT_FILE}",
+            result,
         )
     return result
 
@@ -532,7 +534,7 @@ def build_report(
     trtexec: str,
     files: dict[str, Path],
 ) -> dict[str, Any]:
-    """The versioned ``report.json`` body (keys documented in the README and DESIGN contracts)."""
+    """The versioned ``report.json`` body (keys documented in README.md, "report.json keys")."""
     report: dict[str, Any] = {
         "schema_version": REPORT_SCHEMA,
         "levit_edge_version": __version__,
@@ -738,7 +740,9 @@ def validate_run(
     update_run(run_dir, lambda folder: write_reports(folder, report), body)  # all or nothing
     result = RunResult(run_dir, status, report, gate, None)
     if not gate.passed:
-        raise AccuracyGateFailed(f"accuracy gate failed ({'; '.join(gate.failures)}); report in {run_dir}")
+        raise AccuracyGateFailed(
+            f"accuracy gate failed ({'; '.join(gate.failures)}); report in {run_dir}", result
+        )
     return result
 
 
@@ -749,7 +753,7 @@ def save_bench(run_dir: Path, rows: list[dict[str, Any]], settings: Any) -> None
     report = read_json(run_dir / "report.json")
     manifest = read_json(run_dir / MANIFEST)
     report["bench"] = {"settings": asdict(settings), "results": rows, "environment": environment()}
-    # The DESIGN contract's latency.<artifact> at batch 1 comes from the benchmark when there is one.
+    # report.json's latency.<artifact> (README.md) at batch 1 comes from the benchmark when there is one.
     latency = report.setdefault("latency", {})
     for row in rows:
         if row["batch"] == settings.batches[0] and row["threads"] == settings.threads[0]:

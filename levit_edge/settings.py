@@ -6,18 +6,24 @@ default, then builds these frozen dataclasses. Library code receives only these 
 
 from __future__ import annotations
 
+import difflib
 import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from levit_edge.errors import UserError
 
-TARGETS = ("onnx", "ort", "trt", "all")
-CALIB_METHODS = ("minmax", "percentile", "entropy")
-ORT_PROFILE_NAMES = ("ort", "ort-vnni")  # levit_edge.quant.profiles.ORT_PROFILES (kept import-free here)
+# Choices as Literal types too: the CLI's parser rejects any other value as a usage error (exit 2).
+Target = Literal["onnx", "ort", "trt", "all"]
+CalibMethod = Literal["minmax", "percentile", "entropy"]
+OrtProfileName = Literal["ort", "ort-vnni"]  # levit_edge.quant.profiles.ORT_PROFILES (import-free here)
+TARGETS: tuple[str, ...] = get_args(Target)
+CALIB_METHODS: tuple[str, ...] = get_args(CalibMethod)
+ORT_PROFILE_NAMES: tuple[str, ...] = get_args(OrtProfileName)
+DEFAULT_OPSET = 17  # levit_edge.export.onnx.DEFAULT_OPSET
 
 
 @dataclass(frozen=True)
@@ -177,6 +183,51 @@ CONFIG_KEYS: dict[str, tuple[type, ...]] = {
     "workspace_mb": (int,),
     "max_batch": (int,),
 }
+# The defaults of every export option, for the CLI, config files and the Python API alike (None: decided
+# later: from the checkpoint, all cores, a timestamped name...).
+EXPORT_DEFAULTS: dict[str, Any] = {
+    "model": "levit_128s",
+    "checkpoint": None,
+    "num_classes": None,
+    "img_size": None,
+    "pretrained": False,
+    "opset": DEFAULT_OPSET,
+    "batch": None,
+    "target": "onnx",
+    "int8": False,
+    "calib": None,
+    "val": None,
+    "data_root": None,
+    "calib_size": 512,
+    "calib_method": "minmax",
+    "percentile": 99.999,
+    "skip_bad": False,
+    "exclude": None,
+    "max_drop": 1.0,
+    "accuracy_budget": None,
+    "max_float_layers": 8,
+    "batch_size": 32,
+    "threads": None,
+    "seed": 0,
+    "trt_fp16": False,
+    "ort_profile": "ort",
+    "ort_format_fp32": False,
+    "engine": True,
+    "out": "artifacts",
+    "name": None,
+    "force": False,
+    "workspace_mb": 1024,
+    "max_batch": 8,
+}
+
+
+def unknown_key(key: str, where: str) -> UserError:
+    """The error for an option name that does not exist, with the closest real ones."""
+    close = difflib.get_close_matches(key.replace("-", "_"), CONFIG_KEYS, n=3)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else "see README.md"
+    return UserError(f"{where}: unknown key '{key}' ({hint})")
+
+
 _PATH_KEYS = ("checkpoint", "calib", "val", "data_root", "exclude", "out")
 
 
@@ -206,9 +257,7 @@ def load_config(path: Path) -> dict[str, Any]:
     for key, value in table.items():
         norm = key.replace("-", "_")
         if norm not in CONFIG_KEYS:
-            raise UserError(
-                f"config file {path}: unknown key '{key}' (valid: {', '.join(sorted(CONFIG_KEYS))})"
-            )
+            raise unknown_key(key, f"config file {path}")
         if norm in spelled:
             raise UserError(f"config file {path}: '{key}' is given twice (also as '{spelled[norm]}')")
         spelled[norm] = key

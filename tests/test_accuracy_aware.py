@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -260,8 +261,15 @@ def test_impossible_budget_exits_3_and_promotes_nothing(
     )
     run = tmp_path / "hard"
     assert proc.returncode == 3, proc.stderr
-    err = proc.stderr.strip()
-    assert len(err.splitlines()) == 1
+    lines = proc.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0]  # one error line, last
+    # off a terminal --accuracy-budget prints a line per stage and per fallback step, naming float layers
+    assert "stage fallback" in lines
+    assert any(
+        re.match(r"int8\.ort step \d+ \(float\): 1 layer\(s\) in float \[.+\]: drop ", x) for x in lines
+    )
+    err = errors[0]
     assert err.startswith("error: accuracy gate failed (int8.ort: accuracy budget 0 not met")
     assert "--max-float-layers 1" in err and "kept the all-quantized model" in err
     rep = report(run)

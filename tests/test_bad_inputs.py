@@ -4,7 +4,8 @@ Each case builds its inputs in its own folder (which is also the command's worki
 default ``artifacts/`` output would land there too) and runs the real console entry point. A case passes
 when the command
 
-* exits 1 for a user error (2 for a usage error, with Click's usage message),
+* exits 1 for a user error (2 for a usage error, with Click's usage message; 5 for a run that does not
+  match its manifest),
 * prints exactly one line on stderr, starting ``error:`` and naming the problem (the expected fragments),
 * prints no traceback anywhere, and
 * leaves its folder exactly as it was: no new run directory, no ``.partial`` directory, no temporary file,
@@ -556,21 +557,21 @@ def _(c: Ctx) -> Case:
     data[10] ^= 0x01
     report.unlink()
     report.write_bytes(bytes(data))
-    return Case(["verify", run], fragments=("1 file(s) do not match manifest.json: report.json",))
+    return Case(["verify", run], fragments=("1 file(s) do not match manifest.json: report.json",), code=5)
 
 
 @case("verify-removed-file")
 def _(c: Ctx) -> Case:
     run = c.run_copy()
     (run / "report.md").unlink()
-    return Case(["verify", run], fragments=("do not match manifest.json: report.md",))
+    return Case(["verify", run], fragments=("do not match manifest.json: report.md",), code=5)
 
 
 @case("verify-added-file")
 def _(c: Ctx) -> Case:
     run = c.run_copy()
     (run / "notes.txt").write_text("added after the run\n")
-    return Case(["verify", run], fragments=("do not match manifest.json: notes.txt",))
+    return Case(["verify", run], fragments=("do not match manifest.json: notes.txt",), code=5)
 
 
 @case("verify-status-edited-in-the-manifest")

@@ -10,6 +10,7 @@ Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import sys
 from types import FrameType
@@ -19,18 +20,31 @@ import typer
 from rich.console import Console
 
 from levit_edge import __version__
-from levit_edge.errors import AccuracyGateFailed, EngineUnavailable, UserError
+from levit_edge.errors import AccuracyGateFailed, EngineUnavailable, RunMismatch, UserError
 
 app = typer.Typer(
     name="levit-edge",
     help="Take a timm LeViT to edge devices: fused FP32 ONNX, INT8 for ONNX Runtime and TensorRT, "
     "accuracy-gated.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    # Plain help: rich markup would eat every "[default: ...]" and label flags "<bool>".
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
-console = Console(stderr=False, highlight=False)
-err_console = Console(stderr=True, highlight=False)
+
+
+def _width(stream: object) -> int | None:
+    """Off a terminal (a CI log, a file), lines are never cut or wrapped at rich's 80 columns."""
+    isatty = getattr(stream, "isatty", None)
+    if os.environ.get("COLUMNS") or (isatty is not None and isatty()):
+        return None
+    return 100_000
+
+
+console = Console(stderr=False, highlight=False, width=_width(sys.stdout))
+err_console = Console(stderr=True, highlight=False, width=_width(sys.stderr))
 
 
 def _version(value: bool) -> None:
@@ -95,13 +109,57 @@ def _interrupted(exc: KeyboardInterrupt) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: run the app and map library exceptions to exit codes."""
+    """Console-script entry point: run the app and map library exceptions to exit codes.
+
+    With ``--json`` the command's one JSON document is printed on stdout whatever the exit code.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    code: int | str | None = 1
+    error: str | None = None
+    try:
+        _run(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+        error = _last_error[0] if _last_error else None
+        raise
+    finally:
+        from levit_edge.cli.output import MODE, json_document, reset
+
+        reset()
+        wanted = MODE.json or ("--json" in args and not {"-h", "--help"} & set(args))
+        if wanted:
+            command = next((a for a in args if not a.startswith("-")), "")
+            exit_code = code if isinstance(code, int) else 0 if code is None else 1
+            sys.stdout.write(json_document(command, exit_code, error) + "\n")
+            sys.stdout.flush()
+        MODE.json = False
+        _last_error.clear()
+
+
+_last_error: list[str] = []
+
+
+def _error(message: str) -> None:
+    from levit_edge.cli.output import log
+
+    _last_error.append(message)
+    err_console.print(f"error: {message}", markup=False, soft_wrap=True)
+    log.error("error: %s", message, extra={"console": False})  # for --log-file: stderr has it already
+
+
+def _run(argv: list[str]) -> None:
     _register_commands()
     install_signal_handlers()
     try:
         rc = app(args=argv, standalone_mode=False)
-    except (UserError, AccuracyGateFailed, EngineUnavailable) as exc:
-        err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
+    except (UserError, AccuracyGateFailed, EngineUnavailable, RunMismatch) as exc:
+        from levit_edge.cli.output import MODE
+
+        result = getattr(exc, "result", None)
+        if result is not None and MODE.document is None:
+            MODE.document = result_document(result)
+        _error(str(exc))
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         if _received:
@@ -115,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         if exc.errno not in _ENVIRONMENT_ERRNOS:
             raise
-        err_console.print(f"error: {_describe_os_error(exc)}", markup=False, soft_wrap=True)
+        _error(_describe_os_error(exc))
         sys.exit(1)
     except typer.TyperException as exc:
         # Usage errors (unknown option, missing argument, bad value): Typer's own message, exit 2.
@@ -123,12 +181,29 @@ def main(argv: list[str] | None = None) -> None:
         if show is None:
             raise
         show()
+        _last_error.append(str(getattr(exc, "message", exc)))
         sys.exit(int(getattr(exc, "exit_code", 2)))
     # Typer turns KeyboardInterrupt (so also Interrupted) into Exit(130), which Click returns here.
     if _received:
         _interrupted(Interrupted(_received[0]))
     # standalone_mode=False makes Click return (not raise) the code of a typer.Exit inside a command.
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def result_document(result: object) -> dict[str, object]:
+    """The ``--json`` body of a run (a :class:`levit_edge.pipeline.RunResult`)."""
+    report: dict[str, object] = getattr(result, "report", {}) or {}
+    run_dir = getattr(result, "run_dir", None)
+    files = sorted(p.name for p in run_dir.iterdir() if p.is_file()) if run_dir and run_dir.is_dir() else []
+    keys = ("accuracy", "drop", "agreement", "kl", "thresholds", "latency", "accuracy_budget")
+    return {
+        "status": getattr(result, "status", None),
+        "run_dir": str(run_dir) if run_dir else None,
+        "report": str(run_dir / "report.html") if run_dir else None,
+        "files": files,
+        **{k: report[k] for k in keys if k in report},
+        "engine_reason": getattr(result, "engine_reason", None),
+    }
 
 
 def _register_commands() -> None:

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Column, Table
 
-from levit_edge.bench import (
-    BenchSettings,
-    results_table,
-    run_dir_factories,
-    skipped_variants,
-    time_variants,
-)
-from levit_edge.cli.app import app, console, err_console
+from levit_edge.cli.app import app, console
 from levit_edge.cli.common import summary
+from levit_edge.cli.output import log, output_options
 from levit_edge.errors import UserError
 
 
@@ -42,6 +37,7 @@ def _threads(requested: int | None, used: int | None) -> str:
 
 
 @app.command("bench")
+@output_options
 def bench_cli(
     run_dir: Path = typer.Argument(..., help="A run directory written by 'levit-edge export'."),
     batches: str = typer.Option("1,16", "--batches", help="Comma-separated batch sizes."),
@@ -70,6 +66,14 @@ def bench_cli(
     ),
 ) -> None:
     """Time PyTorch eager, ONNX Runtime FP32/INT8 and the TensorRT Q/DQ model (and engine) in one process."""
+    from levit_edge.bench import (
+        BenchSettings,
+        results_table,
+        run_dir_factories,
+        skipped_variants,
+        time_variants,
+    )
+
     batch_values = tuple(b for b in _ints(batches, "--batches") if b is not None)
     settings = BenchSettings(
         batches=batch_values,
@@ -85,14 +89,13 @@ def bench_cli(
         if (run_dir / MANIFEST).is_file():
             require_intact(run_dir, "save benchmark results into")  # before minutes of timing
     factories, input_size = run_dir_factories(run_dir, torch_models, compile_torch, openvino)
-    skipped = skipped_variants(torch_models, compile_torch, openvino)
-    for name, reason in skipped.items():
-        err_console.print(f"[dim]skipped {name}: {reason}[/dim]")
-    settings = BenchSettings(**{**settings.__dict__, "input_size": input_size})
+    for name, reason in skipped_variants(torch_models, compile_torch, openvino).items():
+        log.info("skipped %s: %s", name, reason)
+    # the load before timing starts (the benchmark's own threads would count once it runs)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    settings = BenchSettings(**{**settings.__dict__, "input_size": input_size, "load_average": load})
     baselines = tuple(b for b in ("fp32", "torch") if b in factories)
-    results = time_variants(
-        factories, settings, baselines, progress=lambda m: err_console.print(f"[dim]timing {m}[/dim]")
-    )
+    results = time_variants(factories, settings, baselines, progress=lambda m: log.info("timing %s", m))
     table = Table(
         Column("variant", no_wrap=True),
         "batch",
@@ -127,10 +130,12 @@ def bench_cli(
     best = {
         r.variant: r for r in results if r.batch == settings.batches[0] and r.threads == settings.threads[0]
     }
+    document = {"status": "ok", "run_dir": str(run_dir), "saved": save, "results": results_table(results)}
     if "int8.ort" in best and "fp32" in best:
         summary(
             f"batch {settings.batches[0]}: int8.ort {best['int8.ort'].p50_ms:.2f} ms vs fp32 "
-            f"{best['fp32'].p50_ms:.2f} ms (x{best['int8.ort'].ratios.get('fp32', 0):.2f})"
+            f"{best['fp32'].p50_ms:.2f} ms (x{best['int8.ort'].ratios.get('fp32', 0):.2f})",
+            document,
         )
     else:
-        summary(f"timed {len(factories)} variants at {len(settings.batches)} batch sizes")
+        summary(f"timed {len(factories)} variants at {len(settings.batches)} batch sizes", document)

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.table import Column, Table
 
 from levit_edge.cli.app import app, console
 from levit_edge.cli.common import RichHooks, summary
-from levit_edge.quant.sensitivity import RANK_IMAGES, SQNR_SAMPLES, Sensitivity, measure_run
+from levit_edge.cli.output import output_options
+from levit_edge.settings import FallbackSettings
+
+if TYPE_CHECKING:  # ONNX Runtime is imported when the command runs
+    from levit_edge.quant.sensitivity import Sensitivity
+
+SQNR_SAMPLES = FallbackSettings.samples  # levit_edge.quant.sensitivity.SQNR_SAMPLES
+RANK_IMAGES = FallbackSettings.rank_images  # levit_edge.quant.sensitivity.RANK_IMAGES
 
 
 def _db(value: float | None) -> str:
@@ -51,6 +58,7 @@ def sensitivity_table(result: Sensitivity, top: int) -> Table:
 
 
 @app.command("debug")
+@output_options
 def debug_cli(
     run_dir: Path = typer.Argument(..., help="A run directory written by 'levit-edge export --int8'."),
     val: Path | None = typer.Option(
@@ -77,6 +85,7 @@ def debug_cli(
     """
     from levit_edge.errors import UserError
     from levit_edge.pipeline import save_sections
+    from levit_edge.quant.sensitivity import measure_run
 
     if samples < 0 or rank_images < 1 or top < 1:
         raise UserError("--samples must be >= 0, --rank-images and --top >= 1")
@@ -84,7 +93,7 @@ def debug_cli(
         from levit_edge.report.manifest import require_intact
 
         require_intact(run_dir, "save the ranking into")  # before minutes of measuring
-    with RichHooks() as hooks:
+    with RichHooks(lines=True) as hooks:
         results = measure_run(
             run_dir,
             val,
@@ -94,10 +103,9 @@ def debug_cli(
             threads,
             lambda task: lambda done, total: hooks.progress(task, done, total),
         )
-    # node names are long and meant to be copied whole: at least 160 columns even in a pipe (rich says 80)
-    wide = Console(width=max(console.width, 160), highlight=False)
+    # node names are long and meant to be copied whole: off a terminal the console has no width limit
     for result in results:
-        wide.print(sensitivity_table(result, top))
+        console.print(sensitivity_table(result, top))
     if save:
         save_sections(
             run_dir,
@@ -107,4 +115,13 @@ def debug_cli(
             },
         )
     worst = ", ".join(f"{r.artifact}: {r.layers[0].node}" for r in results if r.layers)
-    summary(f"most harmful layer {worst}" + (f"; saved in {run_dir / 'report.json'}" if save else ""))
+    summary(
+        f"most harmful layer {worst}" + (f"; saved in {run_dir / 'report.json'}" if save else ""),
+        {
+            "status": "ok",
+            "run_dir": str(run_dir),
+            "saved": save,
+            "sensitivity_info": [r.summary() for r in results],
+            "sensitivity": [row for r in results for row in r.rows()[:top]],
+        },
+    )

@@ -8,14 +8,11 @@ from pathlib import Path
 
 import typer
 
-from levit_edge.cli.app import app, err_console
-from levit_edge.cli.cmd_export import describe_result
+from levit_edge.cli.app import app, result_document
 from levit_edge.cli.common import RichHooks, summary
-from levit_edge.data.sources import DataSpec
+from levit_edge.cli.output import log, output_options
 from levit_edge.errors import UserError
-from levit_edge.model.load import ModelSpec
-from levit_edge.pipeline import ExportJob, run_export
-from levit_edge.settings import GateSettings, Targets
+from levit_edge.settings import EXPORT_DEFAULTS, GateSettings, Targets
 
 
 def default_cache() -> Path:
@@ -27,18 +24,25 @@ def default_cache() -> Path:
 
 
 @app.command("demo")
+@output_options
 def demo_cli(
     out: Path = typer.Option(Path("artifacts"), "--out", "-o", help="Output root."),
     name: str | None = typer.Option(None, "--name", help="Run directory name [default: demo-TIMESTAMP]."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run directory."),
     cache: Path | None = typer.Option(None, "--cache", help="Fixture cache [default: ~/.cache/levit-edge]."),
-    max_drop: float = typer.Option(1.0, "--max-drop", help="Largest allowed top-1 drop in points."),
+    max_drop: float = typer.Option(
+        EXPORT_DEFAULTS["max_drop"], "--max-drop", help="Largest allowed top-1 drop in points."
+    ),
 ) -> None:
     """Generate a labelled image set, train a small LeViT on it (cached), and export FP32 + INT8 models
     for ONNX Runtime and TensorRT with the accuracy gate: no network, no downloads."""
     from datetime import UTC, datetime
 
+    from levit_edge.cli.cmd_export import describe_result
+    from levit_edge.data.sources import DataSpec
     from levit_edge.fixture import ensure_fixture
+    from levit_edge.model.load import ModelSpec
+    from levit_edge.pipeline import ExportJob, run_export
     from levit_edge.report.manifest import StagedRun
 
     # Check the options before generating the fixture (minutes): a bad value must fail in a second.
@@ -47,12 +51,8 @@ def demo_cli(
     StagedRun.check_name(run_name)
     if (out / run_name).exists() and not force:
         raise UserError(f"run directory {out / run_name} already exists; pass --force to replace it")
-    err_console.print(
-        "preparing the demo fixture (generated once, then cached; about 1-2 minutes)", highlight=False
-    )
-    data, fixture, checkpoint = ensure_fixture(
-        cache or default_cache(), progress=lambda msg: err_console.print(f"[dim]{msg}[/dim]", highlight=False)
-    )
+    log.info("preparing the demo fixture (generated once, then cached; about 1-2 minutes)")
+    data, fixture, checkpoint = ensure_fixture(cache or default_cache(), progress=log.info)
     job = ExportJob(
         model=ModelSpec(fixture.model_name, checkpoint, len(fixture.classes), fixture.img_size),
         targets=Targets.parse("all", int8=True, engine=False),
@@ -66,4 +66,4 @@ def demo_cli(
     )
     with RichHooks() as hooks:
         result = run_export(job, hooks)
-    summary(describe_result(result))
+    summary(describe_result(result), result_document(result))

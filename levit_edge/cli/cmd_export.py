@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from levit_edge.cli.app import app
+from levit_edge.cli.app import app, result_document
 from levit_edge.cli.common import RichHooks, summary
-from levit_edge.data.sources import DataSpec
-from levit_edge.export.onnx import DEFAULT_OPSET, ExportSettings
-from levit_edge.model.load import ModelSpec
-from levit_edge.pipeline import EngineOptions, ExportJob, RunResult, run_export
-from levit_edge.settings import (
-    FallbackSettings,
-    GateSettings,
-    QuantSettings,
-    RuntimeSettings,
-    Targets,
-    load_config,
-    pick,
-)
+from levit_edge.cli.output import output_options
+from levit_edge.settings import DEFAULT_OPSET, CalibMethod, OrtProfileName, Target, load_config
+
+if TYPE_CHECKING:  # the pipeline (torch, timm) is imported when the command runs, not for --help
+    from levit_edge.pipeline import RunResult
 
 _DATA = "Data"
 _QUANT = "Quantization"
@@ -30,6 +22,7 @@ _OUT = "Output"
 
 
 @app.command("export")
+@output_options
 def export_cli(
     model: str | None = typer.Option(
         None, "--model", "-m", help="timm LeViT name, e.g. levit_128s [default: levit_128s]"
@@ -49,7 +42,7 @@ def export_cli(
     pretrained: bool | None = typer.Option(
         None, "--pretrained/--no-pretrained", help="Load timm's hub weights (needs network)."
     ),
-    target: str | None = typer.Option(None, "--target", "-t", help="onnx | ort | trt | all [default: onnx]"),
+    target: Target | None = typer.Option(None, "--target", "-t", help="What to build [default: onnx]."),
     int8: bool | None = typer.Option(None, "--int8/--no-int8", help="Quantize to INT8 (needs --calib)."),
     opset: int | None = typer.Option(None, "--opset", help=f"ONNX opset (13-21) [default: {DEFAULT_OPSET}]"),
     batch: int | None = typer.Option(None, "--batch", help="Fixed batch size (default: dynamic batch)."),
@@ -77,8 +70,11 @@ def export_cli(
         help="Skip unreadable images (counted in the report).",
         rich_help_panel=_DATA,
     ),
-    calib_method: str | None = typer.Option(
-        None, "--calib-method", help="minmax | percentile | entropy [default: minmax]", rich_help_panel=_QUANT
+    calib_method: CalibMethod | None = typer.Option(
+        None,
+        "--calib-method",
+        help="How activation ranges are set [default: minmax].",
+        rich_help_panel=_QUANT,
     ),
     percentile: float | None = typer.Option(
         None,
@@ -105,10 +101,10 @@ def export_cli(
         help="Most layers --accuracy-budget may keep in float per INT8 model [default: 8].",
         rich_help_panel=_QUANT,
     ),
-    ort_profile: str | None = typer.Option(
+    ort_profile: OrtProfileName | None = typer.Option(
         None,
         "--ort-profile",
-        help="ONNX Runtime INT8 recipe: ort (any CPU: stem convs in float) | ort-vnni (AVX-512 VNNI/AMX "
+        help="ONNX Runtime INT8 recipe: ort (any CPU: stem convs in float) or ort-vnni (AVX-512 VNNI/AMX "
         "CPUs: QLinearConv stem) [default: ort]",
         rich_help_panel=_QUANT,
     ),
@@ -161,66 +157,17 @@ def export_cli(
     Exit codes: 0 success, 1 bad input, 2 usage error, 3 accuracy gate failed (artifacts kept),
     4 TensorRT engine not built here (everything else produced).
     """
+    # every parameter but --config is named like its config key (settings.CONFIG_KEYS)
+    flags = {k: v for k, v in locals().items() if k != "config"}
+    from levit_edge.api import export_job
+    from levit_edge.pipeline import run_export
+
     cfg: dict[str, Any] = load_config(config) if config else {}
-    p = lambda flag, key, default: pick(flag, cfg, key, default)  # noqa: E731
-    path = lambda flag, key: Path(v) if (v := pick(flag, cfg, key, None)) is not None else None  # noqa: E731
-    data_root_path = path(data_root, "data_root")
-    seed_value = p(seed, "seed", 0)
-    skip = p(skip_bad, "skip_bad", False)
-    quant = QuantSettings(
-        method=p(calib_method, "calib_method", "minmax"),
-        percentile=float(p(percentile, "percentile", 99.999)),
-        calib_size=p(calib_size, "calib_size", 512),
-        trt_fp16=p(trt_fp16, "trt_fp16", False),
-        ort_profile=p(ort_profile, "ort_profile", "ort"),
-    )
-    calib_path, val_path = path(calib, "calib"), path(val, "val")
-    budget = p(accuracy_budget, "accuracy_budget", None)
-    fallback = FallbackSettings(
-        budget=float(budget) if budget is not None else None,
-        max_float_layers=p(max_float_layers, "max_float_layers", 8),
-    )
-    job = ExportJob(
-        model=ModelSpec(
-            name=p(model, "model", "levit_128s"),
-            checkpoint=path(checkpoint, "checkpoint"),
-            num_classes=p(num_classes, "num_classes", None),
-            img_size=p(img_size, "img_size", None),
-            pretrained=p(pretrained, "pretrained", False),
-        ),
-        export=ExportSettings(opset=p(opset, "opset", DEFAULT_OPSET), batch=p(batch, "batch", None)),
-        targets=Targets.parse(
-            p(target, "target", "onnx"),
-            p(int8, "int8", False),
-            p(engine, "engine", True),
-            p(ort_format_fp32, "ort_format_fp32", False),
-        ),
-        calib=DataSpec(calib_path, data_root_path, quant.calib_size, seed_value, skip)
-        if calib_path
-        else None,
-        val=DataSpec(val_path, data_root_path, None, seed_value, skip, path(exclude, "exclude"))
-        if val_path
-        else None,
-        quant=quant,
-        # the accuracy budget is the gate too: a run that met it passes, one that could not fails (exit 3)
-        gate=GateSettings(
-            max_drop=fallback.budget if fallback.budget is not None else float(p(max_drop, "max_drop", 1.0))
-        ),
-        fallback=fallback,
-        runtime=RuntimeSettings(
-            batch_size=p(batch_size, "batch_size", 32), threads=p(threads, "threads", None), seed=seed_value
-        ),
-        engine=EngineOptions(
-            workspace_mb=p(workspace_mb, "workspace_mb", 1024), max_batch=p(max_batch, "max_batch", 8)
-        ),
-        out=path(out, "out") or Path("artifacts"),
-        name=p(name, "name", None),
-        force=p(force, "force", False),
-        command=("levit-edge", *sys.argv[1:]),
-    )
-    with RichHooks() as hooks:
+    options = {**cfg, **{k: v for k, v in flags.items() if v is not None}}  # flag > config > default
+    job = export_job(options, command=("levit-edge", *sys.argv[1:]))
+    with RichHooks(lines=job.fallback.enabled) as hooks:
         result = run_export(job, hooks)
-    summary(describe_result(result))
+    summary(describe_result(result), result_document(result))
 
 
 def describe_result(result: RunResult) -> str:

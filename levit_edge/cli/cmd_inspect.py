@@ -10,19 +10,24 @@ from rich.table import Table
 
 from levit_edge.cli.app import app, console
 from levit_edge.cli.common import summary
-from levit_edge.inspect import inspect_path
+from levit_edge.cli.output import output_options, set_result
 
 
 @app.command("inspect")
+@output_options
 def inspect_cli(
     path: Path = typer.Argument(..., help="model.onnx, model.ort, manifest.json or a run directory"),
-    as_json: bool = typer.Option(False, "--json", help="Print the description as JSON."),
 ) -> None:
-    """Show inputs, outputs, op histogram, metadata and Q/DQ count, or a run's deliverables and hashes."""
+    """Show inputs, outputs, op histogram, metadata and Q/DQ count, or a run's deliverables and hashes.
+
+    With --json the description itself is the document (its "kind" says which; a run's own command
+    line is "run_command").
+    """
+    from levit_edge.inspect import inspect_path
+
     info = inspect_path(path)
-    if as_json:
-        console.print_json(json.dumps(info, default=str))
-        return  # stdout stays one JSON document
+    # the run's own command line is "run_command": "command" names the levit-edge command of --json
+    set_result({"status": "ok", **{("run_command" if k == "command" else k): v for k, v in info.items()}})
     if info["kind"] == "run":
         table = Table("file", "size", "sha256", "", title=f"{info['path']} ({info['status']})")
         for name, entry in info["files"].items():

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 
 from levit_edge.cli.app import app, console
 from levit_edge.cli.common import summary
+from levit_edge.cli.output import output_options, set_result
 from levit_edge.errors import EngineUnavailable, UserError
+
+HardwareCompatibility = Literal["none", "ampere_plus", "same_compute_capability"]
 
 
 @app.command("check-trt")
+@output_options
 def check_trt_cli(
     model: Path = typer.Argument(..., help="A Q/DQ ONNX model, e.g. RUN/model.int8.trt.onnx."),
 ) -> None:
@@ -20,14 +25,26 @@ def check_trt_cli(
 
     violations = check_trt_ready(model)
     for v in violations:
-        console.print(f"{v.rule}: {v}", markup=False)
+        console.print(f"{v.rule}: {v}", markup=False, soft_wrap=True)
+    found = [{"rule": v.rule, "message": str(v)} for v in violations]
     if violations:
+        set_result({"status": "violations", "model": str(model), "violations": found})
         raise UserError(f"{model}: {len(violations)} TensorRT rule violation(s)")
     q, dq = count_qdq(model)
-    summary(f"{model}: TensorRT-ready ({q} QuantizeLinear, {dq} DequantizeLinear)")
+    summary(
+        f"{model}: TensorRT-ready ({q} QuantizeLinear, {dq} DequantizeLinear)",
+        {
+            "status": "ok",
+            "model": str(model),
+            "violations": [],
+            "quantize_linear": q,
+            "dequantize_linear": dq,
+        },
+    )
 
 
 @app.command("build-engine")
+@output_options
 def build_engine_cli(
     model: Path = typer.Argument(..., help="RUN/model.int8.trt.onnx (or any TensorRT-ready ONNX)."),
     plan: Path | None = typer.Option(
@@ -45,8 +62,8 @@ def build_engine_cli(
     version_compatible: bool = typer.Option(
         False, "--version-compatible", help="Build a version-compatible engine."
     ),
-    hardware_compatibility: str = typer.Option(
-        "none", "--hardware-compatibility", help="none | ampere_plus | same_compute_capability"
+    hardware_compatibility: HardwareCompatibility = typer.Option(
+        "none", "--hardware-compatibility", help="Engine portability across GPUs."
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing engine file."),
 ) -> None:
@@ -91,6 +108,7 @@ def build_engine_cli(
     if reason is not None:
         console.print(f"equivalent command on the target: {command}", markup=False, soft_wrap=True)
         console.print(f"trtexec: {'; '.join(TRTEXEC_LOCATIONS)}", markup=False, soft_wrap=True)
+        set_result({"status": "no-engine", "model": str(model), "trtexec": command, "reason": reason})
         raise EngineUnavailable(
             f"{reason}; build on the target GPU (engines are specific to GPU and TensorRT version) with "
             "'levit-edge build-engine' there or the trtexec command above"
@@ -98,5 +116,13 @@ def build_engine_cli(
     result = build_engine(settings)
     summary(
         f"engine {result.plan_path} built in {result.seconds:.1f}s with TensorRT {result.tensorrt_version} "
-        f"on {result.gpu_name}, batch {result.batch_range[0]}-{result.batch_range[2]}"
+        f"on {result.gpu_name}, batch {result.batch_range[0]}-{result.batch_range[2]}",
+        {
+            "status": "ok",
+            "plan": str(result.plan_path),
+            "seconds": result.seconds,
+            "tensorrt_version": result.tensorrt_version,
+            "gpu": result.gpu_name,
+            "batch_range": list(result.batch_range),
+        },
     )

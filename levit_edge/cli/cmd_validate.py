@@ -6,17 +6,15 @@ from pathlib import Path
 
 import typer
 
-from levit_edge.cli.app import app, console
-from levit_edge.cli.cmd_export import describe_result
+from levit_edge.cli.app import app, console, result_document
 from levit_edge.cli.common import RichHooks, summary
-from levit_edge.data.sources import DataSpec
-from levit_edge.errors import UserError
-from levit_edge.pipeline import validate_run
-from levit_edge.report.manifest import verify_manifest
-from levit_edge.settings import GateSettings, RuntimeSettings
+from levit_edge.cli.output import output_options
+from levit_edge.errors import RunMismatch
+from levit_edge.settings import EXPORT_DEFAULTS
 
 
 @app.command("validate")
+@output_options
 def validate_cli(
     run_dir: Path = typer.Argument(..., help="A run directory written by 'levit-edge export'."),
     val: Path = typer.Option(
@@ -28,15 +26,24 @@ def validate_cli(
         False, "--skip-bad", help="Skip unreadable images (counted in the report)."
     ),
     max_drop: float = typer.Option(
-        1.0, "--max-drop", help="Largest allowed top-1 drop in points; above it exit 3."
+        EXPORT_DEFAULTS["max_drop"],
+        "--max-drop",
+        help="Largest allowed top-1 drop in points; above it exit 3.",
     ),
-    batch_size: int = typer.Option(32, "--batch-size", help="Validation batch size."),
+    batch_size: int = typer.Option(
+        EXPORT_DEFAULTS["batch_size"], "--batch-size", help="Validation batch size."
+    ),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
 ) -> None:
     """Re-validate every model of a run on a validation set; update its reports and manifest.
 
     Exit 3 when the accuracy gate fails.
     """
+    from levit_edge.cli.cmd_export import describe_result
+    from levit_edge.data.sources import DataSpec
+    from levit_edge.pipeline import validate_run
+    from levit_edge.settings import GateSettings, RuntimeSettings
+
     spec = DataSpec(val, data_root, None, 0, skip_bad, exclude)
     with RichHooks() as hooks:
         result = validate_run(
@@ -46,19 +53,25 @@ def validate_cli(
             RuntimeSettings(batch_size=batch_size, threads=threads),
             hooks,
         )
-    summary(describe_result(result))
+    summary(describe_result(result), result_document(result))
 
 
 @app.command("verify")
+@output_options
 def verify_cli(run_dir: Path = typer.Argument(..., help="A run directory with a manifest.json.")) -> None:
-    """Re-hash every file of a run against its manifest; exit 1 on any mismatch."""
-    if not run_dir.is_dir():
-        raise UserError(f"not a run directory: {run_dir}")
-    problems = verify_manifest(run_dir)
-    for line in problems:
-        console.print(f"mismatch: {line}", markup=False)
-    if problems:
-        names = [line.split(":", 1)[0] for line in problems]
-        listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        raise UserError(f"{run_dir}: {len(problems)} file(s) do not match manifest.json: {listed}")
-    summary(f"{run_dir}: every file matches manifest.json")
+    """Re-hash every file of a run against its manifest; exit 5 on any mismatch (1: not a run)."""
+    from levit_edge.api import verify
+    from levit_edge.cli.output import log, set_result
+
+    log.debug("%s: re-hashing every file against manifest.json", run_dir)
+    try:
+        verify(run_dir)
+    except RunMismatch as exc:
+        for line in exc.problems:
+            console.print(f"mismatch: {line}", markup=False)
+        set_result({"status": "mismatch", "run_dir": str(run_dir), "mismatches": exc.problems})
+        raise
+    summary(
+        f"{run_dir}: every file matches manifest.json",
+        {"status": "ok", "run_dir": str(run_dir), "mismatches": []},
+    )

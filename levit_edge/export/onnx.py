@@ -10,17 +10,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import torch
-from torch import nn
 
 from levit_edge.errors import UserError
+from levit_edge.settings import DEFAULT_OPSET
+
+if TYPE_CHECKING:  # torch is imported where a model is exported: inspect and check-trt start without it
+    from torch import nn
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
-DEFAULT_OPSET = 17
 MIN_OPSET = 13
 MAX_OPSET = 21
 # Ops a fused LeViT must not contain: their presence means a fold or the bias baking failed.
@@ -62,6 +64,8 @@ def export_onnx(
 
     The bytes are deterministic for the same model and settings: no timestamps or random names.
     """
+    import torch
+
     fused = fused.float().cpu().eval()
     batch = settings.batch or 1
     dummy = torch.zeros(batch, *input_size)
@@ -147,6 +151,8 @@ def verify_with_onnxruntime(
     onnx_bytes: bytes, fused: nn.Module, images: np.ndarray, tol: float = 1e-4
 ) -> float:
     """Run the ONNX model in ONNX Runtime (CPU) and compare with the fused PyTorch model."""
+    import torch
+
     from levit_edge.backends.onnxruntime import OnnxRuntimeRunner
     from levit_edge.model.fuse import max_relative_diff
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import pickle
 import re
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from levit_edge.errors import UserError
+from levit_edge.report.manifest import sha256_file as sha256_file  # re-exported: its old home
 
 # Wrappers that training scripts put around the weights, in the order timm's own loader prefers them
 # (EMA weights first: they are what a trainer validates and ships).
@@ -76,15 +76,6 @@ def create_levit(name: str, num_classes: int = 1000, img_size: int | None = None
         kwargs["img_size"] = img_size
         kwargs["pretrained_cfg_overlay"] = {"input_size": (3, img_size, img_size)}
     return timm.create_model(name, pretrained=False, **kwargs)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], str]:

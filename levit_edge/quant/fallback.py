@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import tempfile
 import time
@@ -45,6 +46,8 @@ from levit_edge.quant.quantize import QuantResult, quantize
 from levit_edge.report.manifest import write_atomic
 from levit_edge.settings import FallbackSettings
 from levit_edge.validate.metrics import Comparison, compare
+
+log = logging.getLogger(__name__)
 
 ProgressFactory = Callable[[str], Callable[[int, int], None] | None]
 
@@ -251,6 +254,18 @@ class _Judge:
         self.steps.append(step)
         self.files.append(model)
         self.quants.append(quant)
+        # one line per step: minutes of work must show in a CI log (the CLI prints levit_edge records)
+        log.info(
+            "%s step %d (%s): %d layer(s) in float%s: drop %.2f, agreement %.2f%%%s",
+            step.artifact,
+            step.step,
+            step.action,
+            len(step.float_layers),
+            f" [{', '.join(step.float_layers)}]" if step.float_layers else "",
+            step.drop,
+            step.agreement,
+            ", within budget" if step.meets_budget else "",
+        )
         return step
 
 

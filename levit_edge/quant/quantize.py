@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,10 +15,28 @@ from onnxruntime.quantization.calibrate import save_tensors_data
 
 from levit_edge.errors import UserError
 from levit_edge.export.ort_levers import fuse_attention
-from levit_edge.model.load import sha256_file
 from levit_edge.quant.calibrate import Calibration, ort_scratch
 from levit_edge.quant.profiles import QuantProfile
-from levit_edge.report.manifest import write_atomic
+from levit_edge.report.manifest import sha256_file, write_atomic
+
+
+class _ErrorsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+@contextlib.contextmanager
+def _root_notices_muted() -> Iterator[None]:
+    """Drop the notices ONNX Runtime's quantizer logs on the *root* logger (a pre-processing hint we
+    follow knowingly) for the duration of one call. A logger filter sees only records logged on the root
+    logger itself, not those other loggers propagate to it; the root's level is never touched."""
+    root = logging.getLogger()
+    muted = _ErrorsOnly()
+    root.addFilter(muted)
+    try:
+        yield
+    finally:
+        root.removeFilter(muted)
 
 
 @dataclass(frozen=True)
@@ -58,8 +77,7 @@ def quantize(
         tensors = calibration.tensors_data()
         save_tensors_data(tensors, cache)
         tmp_out = Path(tmp) / "model.onnx"
-        logging.getLogger().setLevel(logging.ERROR)  # ORT logs a pre-processing hint we follow knowingly
-        with ort_scratch(model_path, Path(tmp), out) as local:
+        with _root_notices_muted(), ort_scratch(model_path, Path(tmp), out) as local:
             quantize_static(
                 str(local),
                 str(tmp_out),

@@ -1,8 +1,9 @@
 """Static checks that a Q/DQ ONNX model suits TensorRT explicit quantization (``check-trt``).
 
 Pure ``onnx``: nothing here imports TensorRT, so the check runs on any machine before an engine is
-built on the GPU host. The rules follow TensorRT's explicit-quantization requirements (REFERENCE.md
-section 5) and the ONNX parser's operator support matrix (onnx-tensorrt ``docs/operators.md``):
+built on the GPU host. The rules follow TensorRT's explicit-quantization requirements (the "Explicit
+Quantization" section of NVIDIA's TensorRT developer guide) and the ONNX parser's operator support
+matrix (onnx-tensorrt ``docs/operators.md``):
 
 * ``opset``: the default-domain opset is at least 13 (per-channel ``axis`` needs it);
 * ``qoperator``: no QOperator-format ops (QLinearConv, MatMulInteger, ...): Q/DQ format only;

@@ -21,7 +21,6 @@ from types import FrameType
 from typing import Any
 
 from levit_edge.errors import UserError
-from levit_edge.model.load import sha256_file
 
 MANIFEST = "manifest.json"
 # 2: the manifest carries ``manifest_sha256``, a digest of its own canonical content (see :func:`seal`).
@@ -505,6 +504,15 @@ def _pid_alive(text: str) -> bool:
     except PermissionError:
         return True
     return pid != os.getpid()
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 TMP_DIR = ".tmp"

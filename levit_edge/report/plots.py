@@ -214,3 +214,38 @@ def fallback_curve(
 
 
 __all__ = ["bar_chart", "fallback_curve", "label", "line_chart", "per_class_delta", "sensitivity"]
+
+
+def latency_chart(rows: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> bytes | None:
+    """Median latency per image (ms) of every variant, one panel per batch size, bars grouped by threads."""
+    batches = sorted({int(r["batch"]) for r in rows if isinstance(r.get("batch"), int)})
+    variants = list(dict.fromkeys(str(r.get("variant")) for r in rows))
+    threads = list(dict.fromkeys(r.get("threads") for r in rows))
+    if not batches or not variants:
+        return None
+    value = {
+        (str(r.get("variant")), r.get("batch"), r.get("threads")): _finite([r.get("p50_ms")])[0]
+        / max(int(r.get("batch") or 1), 1)
+        for r in rows
+    }
+    colours = [ACCENT, GOOD, BAD, NEUTRAL, "#8250df", "#bf8700"]
+
+    def draw(fig: Any) -> None:
+        axes = fig.subplots(1, len(batches), squeeze=False)[0]
+        width = 0.8 / len(variants)
+        for ax, batch in zip(axes, batches, strict=True):
+            for i, variant in enumerate(variants):
+                xs = [j + i * width for j in range(len(threads))]
+                ys = [value.get((variant, batch, t), 0.0) for t in threads]
+                ax.bar(
+                    xs, ys, width, color=colours[i % len(colours)], label=label(names.get(variant, variant))
+                )
+            ax.set_xticks([j + 0.4 - width / 2 for j in range(len(threads))])
+            ax.set_xticklabels([f"{t} thread{'s' * (t != 1)}" if t else "all cores" for t in threads])
+            ax.set_title(f"batch {batch}", loc="left")
+            ax.set_ylabel("median ms per image")
+        # below the panels: inside one, the legend would cover its bars
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(variants), 3), frameon=False)
+
+    return _render(draw, (max(4.0, 3.6 * len(batches)), 3.6))

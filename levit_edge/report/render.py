@@ -745,17 +745,23 @@ def _firmware(report: Mapping[str, Any]) -> Section | None:
     return sec
 
 
+# stages timed by a later command on the finished run: listed apart, never summed into the export's total
+LATER_STAGES = {"revalidate": "validate (later, on the finished run)"}
+
+
 def _stages(report: Mapping[str, Any]) -> Section | None:
     stages = _map(report.get("stages"))
     if not stages:
         return None
-    total = sum(_num(v) or 0.0 for v in stages.values())
+    export = {k: v for k, v in stages.items() if k not in LATER_STAGES}
+    total = sum(_num(v) or 0.0 for v in export.values())
     rows = [
         (str(k), _fixed(v), f"{100 * (_num(v) or 0.0) / total:.0f}%" if total > 0 else DASH)
-        for k, v in stages.items()
+        for k, v in export.items()
     ]
-    rows.append(("total", _fixed(total), "100%" if total > 0 else DASH))
-    return Section("Stage timings", [Table(("stage", "seconds", "share"), tuple(rows))])
+    rows.append(("export total", _fixed(total), "100%" if total > 0 else DASH))
+    rows += [(LATER_STAGES[k], _fixed(v), DASH) for k, v in stages.items() if k in LATER_STAGES]
+    return Section("Stage timings", [Table(("stage", "seconds", "share of export"), tuple(rows))])
 
 
 def _model(report: Mapping[str, Any]) -> Section:
@@ -793,22 +799,68 @@ def _environment(report: Mapping[str, Any]) -> Section | None:
     return Section("Environment", blocks)
 
 
-_SENSITIVITY_COLUMNS = (
-    "rank", "node", "op_type", "sqnr_db", "input_sqnr_db", "weight_sqnr_db", "agreement_delta", "kl",
-    "kl_gain",
-)  # fmt: skip
-_FALLBACK_COLUMNS = (
-    "step", "action", "float layers", "top1", "drop", "agreement", "kl", "size", "latency_ms",
-    "range_overrides", "meets_budget", "chosen",
-)  # fmt: skip
+def _db(x: Any) -> str:
+    return _fixed(x, 1)
 
 
-def _ordered(
-    row: Mapping[str, Any], first: Sequence[str], skip: Sequence[str] = ("artifact",)
-) -> dict[str, Any]:
-    """``row`` with the ``first`` columns in that order (report.json comes back with sorted keys)."""
-    head = {k: row[k] for k in first if k in row}
-    return head | {k: v for k, v in row.items() if k not in head and k not in skip}
+def _yes(x: Any) -> Text:
+    return Cell("yes", GOOD) if x is True else "no" if x is False else DASH
+
+
+# report.json key -> (column heading with its unit, formatter) for the tables people read
+_SENSITIVITY_COLUMNS: dict[str, tuple[str, Callable[[Any], Text]]] = {
+    "rank": ("#", _fmt),
+    "node": ("layer", _fmt),
+    "op_type": ("op", _fmt),
+    "sqnr_db": ("output SQNR (dB)", _db),
+    "input_sqnr_db": ("input SQNR (dB)", _db),
+    "weight_sqnr_db": ("weight SQNR (dB)", _db),
+    "agreement_delta": ("agreement gained in float (pts)", lambda x: _fixed(x, 2, sign=True)),
+    "kl": ("KL with the layer in float", _kl),
+    "kl_gain": ("KL removed", _kl),
+}
+_FALLBACK_COLUMNS: dict[str, tuple[str, Callable[[Any], Text]]] = {
+    "step": ("step", _fmt),
+    "action": ("action", _fmt),
+    "float_layers": ("layers in float", lambda x: str(len(_seq(x)))),
+    "top1": ("top-1 (%)", _fixed),
+    "drop": ("drop (pts)", lambda x: _fixed(x, 2, sign=True)),
+    "agreement": ("agreement (%)", _fixed),
+    "kl": ("KL", _kl),
+    "size": ("size (MB)", _mb),
+    "latency_ms": ("batch-1 latency (ms)", _fixed),
+    "range_overrides": ("tuned ranges", _fmt),
+    "meets_budget": ("within budget", _yes),
+    "chosen": ("kept", _yes),
+}
+_SENSITIVITY_INFO: dict[str, tuple[str, Callable[[Any], Text]]] = {
+    "artifact": ("model", _fmt),
+    "profile": ("profile", _fmt),
+    "layers": ("quantized layers", _fmt),
+    "calib_samples": ("calibration images", _fmt),
+    "rank_images": ("validation images", _fmt),
+    "base_agreement": ("all-INT8 agreement (%)", _fixed),
+    "base_kl": ("all-INT8 KL", _kl),
+    "seconds": ("time (s)", lambda x: _fixed(x, 1)),
+}
+ARTIFACT_NAMES = {
+    "fp32": "ONNX Runtime FP32",
+    "int8.ort": "ONNX Runtime INT8",
+    "int8.trt": "TensorRT Q/DQ model (on ONNX Runtime CPU)",
+    "int8.plan": "TensorRT engine",
+    "torch": "PyTorch eager (timm)",
+    "torch.fused": "PyTorch eager (fused)",
+}
+
+
+def _columns(
+    rows: Sequence[Mapping[str, Any]], columns: Mapping[str, tuple[str, Callable[[Any], Text]]]
+) -> Table:
+    """A table of the ``columns`` the rows have, with human headings and formatted cells."""
+    keys = [k for k in columns if any(k in r for r in rows)]
+    return Table(
+        tuple(columns[k][0] for k in keys), tuple(tuple(columns[k][1](r.get(k)) for k in keys) for r in rows)
+    )
 
 
 def _by_artifact(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
@@ -837,7 +889,7 @@ def _sensitivity(report: Mapping[str, Any], plots: bool) -> Section | None:
     )
     info = [i for i in _seq(report.get("sensitivity_info")) if isinstance(i, Mapping)]
     if info:
-        blocks += _generic(info)
+        blocks.append(_columns(info, _SENSITIVITY_INFO))
     for artifact, group in _by_artifact(rows).items():
         group = sorted(
             group,
@@ -855,7 +907,7 @@ def _sensitivity(report: Mapping[str, Any], plots: bool) -> Section | None:
             png = p.sensitivity(group, TOP_SENSITIVE, artifact or None)
             if png is not None:
                 blocks.append(Image(png, f"per-layer SQNR {artifact}".strip()))
-        blocks += _generic([_ordered(r, _SENSITIVITY_COLUMNS) for r in group], TOP_SENSITIVE)
+        blocks.append(_limited(_columns(group, _SENSITIVITY_COLUMNS), TOP_SENSITIVE))
     return Section("Layer sensitivity", blocks)
 
 
@@ -884,15 +936,7 @@ def _fallback(report: Mapping[str, Any], plots: bool) -> Section | None:
             png = p.fallback_curve(group, _max_drop(report), artifact or None)
             if png is not None:
                 blocks.append(Image(png, f"fallback {artifact}: drop vs layers kept in float".strip()))
-        rows = [
-            _ordered(
-                {**s, "float layers": len(_seq(s.get("float_layers")))},
-                _FALLBACK_COLUMNS,
-                ("artifact", "float_layers"),
-            )
-            for s in group
-        ]
-        blocks += _generic(rows)
+        blocks.append(_columns(group, _FALLBACK_COLUMNS))
         chosen = [s for s in group if s.get("chosen") and _seq(s.get("float_layers"))]
         if chosen:
             blocks.append(
@@ -901,9 +945,80 @@ def _fallback(report: Mapping[str, Any], plots: bool) -> Section | None:
     return Section("Fallback", blocks)
 
 
-def _bench(report: Mapping[str, Any]) -> Section | None:
+# a machine busier than this (1-minute load average per core, just before timing) is called loaded
+LOADED_PER_CORE = 0.5
+
+
+def _load_note(settings: Mapping[str, Any], env: Mapping[str, Any]) -> Para | None:
+    load, cores = _seq(settings.get("load_average")), _num(env.get("cpu_count"))
+    first = _num(load[0]) if load else None
+    if first is None or not cores:
+        return None
+    text = f"load average {first:.2f} over {cores:.0f} cores just before timing"
+    if first > LOADED_PER_CORE * cores:
+        return Para(
+            Cell(
+                f"Timed on a loaded machine ({text}): other work shared the cores, so these latencies are "
+                "higher and noisier than on an idle machine; compare variants with each other, not with "
+                "other runs.",
+                WARN,
+            )
+        )
+    return Para(f"Timed on an idle machine ({text}).")
+
+
+_BENCH_COLUMNS: dict[str, tuple[str, Callable[[Any], Text]]] = {
+    "variant": ("variant", lambda x: ARTIFACT_NAMES.get(str(x), _fmt(x))),
+    "batch": ("batch", _fmt),
+    "threads": ("threads", lambda x: _fmt(x) if x else "all cores"),
+    "p50_ms": ("median (ms)", _fixed),
+    "p90_ms": ("p90 (ms)", _fixed),
+    "p99_ms": ("p99 (ms)", _fixed),
+    "throughput": ("images/s", lambda x: _fixed(x, 1)),
+    "calls": ("timed calls", _fmt),
+}
+
+
+def _bench(report: Mapping[str, Any], plots: bool = True) -> Section | None:
     bench = report.get("bench")
-    return Section("Benchmark", _generic(bench)) if bench else None
+    if not bench:
+        return None
+    rows = [r for r in _seq(_map(bench).get("results")) if isinstance(r, Mapping)]
+    if not rows:
+        return Section("Benchmark", _generic(bench))
+    settings, env = _map(bench.get("settings")), _map(bench.get("environment"))
+    size = _seq(settings.get("input_size"))
+    blocks: list[Block] = [
+        Para(
+            f"Every variant timed in one process, interleaved over {_fmt(settings.get('rounds'))} rounds of "
+            f"{_fmt(settings.get('per_round'))} calls after {_fmt(settings.get('warmup'))} warm-up calls, "
+            f"on random {'x'.join(map(str, size[1:])) or '?'} inputs; latency per call (the whole batch)."
+        )
+    ]
+    note = _load_note(settings, env)
+    if note is not None:
+        blocks.append(note)
+    if plots:
+        from levit_edge.report import plots as p
+
+        png = p.latency_chart(rows, ARTIFACT_NAMES)
+        if png is not None:
+            blocks.append(Image(png, "median latency per image by variant, batch and threads"))
+    baselines = sorted({k for r in rows for k in _map(r.get("ratios"))})
+    table = _columns(rows, _BENCH_COLUMNS)
+    ratios = [f"speed-up vs {ARTIFACT_NAMES.get(b, b)} (times)" for b in baselines]
+    cells = [
+        (*row, *(_fixed(_map(r.get("ratios")).get(b)) for b in baselines))
+        for row, r in zip(table.rows, rows, strict=True)
+    ]
+    blocks.append(Table((*table.headers, *ratios), tuple(cells)))
+    # the run's environment is its own section: only what differs at benchmark time is listed here
+    run_env = _map(report.get("environment"))
+    names = {"cpu": "CPU", "cpu_count": "cores", "cpu_flags": "INT8 CPU features"}
+    differs = [(names.get(k, k), v) for k, v in env.items() if k != "versions" and run_env.get(k) != v]
+    if differs:
+        blocks += [Sub("Benchmark machine (where it differs from the run's)"), _kv(differs)]
+    return Section("Benchmark", blocks)
 
 
 def _options(report: Mapping[str, Any]) -> Section | None:
@@ -926,7 +1041,7 @@ def build_document(report: Mapping[str, Any], plots: bool = True) -> Document:
     makers: list[Callable[[], Section | None]] = [
         lambda: _accuracy(report),
         lambda: _latency(report),
-        lambda: _bench(report),
+        lambda: _bench(report, plots),
         lambda: _quantization(report),
         lambda: _data(report),
         lambda: _per_class(report, plots),
@@ -1037,7 +1152,8 @@ th,td{border:1px solid #d0d7de;padding:4px 9px;text-align:left;vertical-align:to
 th{background:#f6f8fa;font-weight:600}
 tr:nth-child(even) td{background:#fbfcfd}
 table.kv td:first-child{background:#f6f8fa;color:#424a53;white-space:nowrap}
-td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}td.num,td.word{white-space:nowrap}
+th{overflow-wrap:normal}
 pre{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:10px 12px;white-space:pre-wrap;
  overflow-wrap:anywhere;font:12px/1.5 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 img{max-width:100%;height:auto;display:block;margin:8px 0}
@@ -1054,9 +1170,19 @@ def _cls(*names: str | None) -> str:
     return f' class="{" ".join(present)}"' if present else ""
 
 
-def _html_text(tag: str, t: Text, extra: str | None = None) -> str:
+def _html_text(tag: str, t: Text, extra: str | None = None, paths: bool = False) -> str:
     tone = t.tone if isinstance(t, Cell) else None
-    return f"<{tag}{_cls(extra, tone)}>{_h(_text(t))}</{tag}>"
+    body = _h(_text(t))
+    raw = _text(t)
+    if paths and raw.count("/") >= 2 and not any(c.isspace() for c in raw):
+        # node names and file paths wrap after a slash, not inside a word (<wbr> copies as nothing)
+        body = body.replace("/", "/<wbr>")
+    return f"<{tag}{_cls(extra, tone)}>{body}</{tag}>"
+
+
+def _word(text: str) -> bool:
+    """A short single token (an op type, a variant, yes/no): kept on one line, never broken mid-word."""
+    return 0 < len(text) <= 16 and not any(c.isspace() for c in text)
 
 
 def _html_table(table: Table) -> list[str]:
@@ -1068,7 +1194,10 @@ def _html_table(table: Table) -> list[str]:
         out.append("</tr></thead>")
     out.append("<tbody>")
     for row in table.rows:
-        cells = "".join(_html_text("td", c, "num" if n else None) for c, n in zip(row, numeric, strict=False))
+        cells = "".join(
+            _html_text("td", c, "num" if n else "word" if _word(_text(c)) else None, paths=True)
+            for c, n in zip(row, numeric, strict=False)
+        )
         out.append(f"<tr>{cells}</tr>")
     out.append("</tbody></table>")
     return out
