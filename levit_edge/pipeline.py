@@ -32,7 +32,7 @@ from levit_edge.export.onnx import (
     verify_with_onnxruntime,
 )
 from levit_edge.export.ort_format import OrtFormatResult, convert_to_ort, ort_format_runners, split_parity
-from levit_edge.model.fuse import check_parity, fuse_levit
+from levit_edge.model.fuse import check_fusion, fuse_levit
 from levit_edge.model.load import LoadedModel, ModelSpec, load_model
 from levit_edge.quant.calibrate import CALIBRATION_FILE, Calibration, calibrate, describe
 from levit_edge.quant.fallback import Outcome, Target, accuracy_aware, report_sections
@@ -43,6 +43,7 @@ from levit_edge.report.render import write_reports
 from levit_edge.settings import FallbackSettings, GateSettings, QuantSettings, RuntimeSettings, Targets
 from levit_edge.validate.compare import Evaluation, evaluate
 from levit_edge.validate.gate import FAILED, PASSED, GateResult, apply_gate
+from levit_edge.validate.sanity import check_above_chance, check_labels_fit
 
 FP32_FILE = "model.fp32.onnx"
 ORT_FILE = "model.int8.ort.onnx"
@@ -156,6 +157,7 @@ def model_metadata(
         "levit_edge.preprocess": json.dumps(preprocess.to_dict(), sort_keys=True),
         "levit_edge.checkpoint_sha256": loaded.checkpoint_sha256 or "",
         "levit_edge.checkpoint_format": loaded.checkpoint_format,
+        "levit_edge.checkpoint_key": loaded.checkpoint_key or "",
         "levit_edge.versions": json.dumps(versions, sort_keys=True),
     }
     if class_names:
@@ -163,9 +165,20 @@ def model_metadata(
     return props
 
 
-def _parity_images(preprocess: PreprocessConfig, seed: int) -> np.ndarray:
+def _parity_images(preprocess: PreprocessConfig, seed: int, batch: int | None = None) -> np.ndarray:
+    """Seeded random parity inputs: two images, or exactly the fixed batch a --batch model takes."""
     rng = np.random.default_rng(seed)
-    return rng.standard_normal((2, *preprocess.input_size)).astype(np.float32)
+    return rng.standard_normal((batch or 2, *preprocess.input_size)).astype(np.float32)
+
+
+def _check_chance(evaluation: Evaluation, source: ImageSource, num_classes: int, allow: bool) -> None:
+    """Labelled FP32 top-1 at or below chance is a user error (levit_edge/validate/sanity.py)."""
+    if evaluation.labels is None:
+        return
+    from levit_edge.validate.metrics import topk_accuracy
+
+    top1 = topk_accuracy(evaluation.logits["fp32"], evaluation.labels).top1
+    check_above_chance(top1, len(evaluation.labels), num_classes, source, allow)
 
 
 def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
@@ -176,6 +189,8 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
     :class:`EngineUnavailable` once everything else is written.
     """
     timer = _Timer(hooks)
+    # a fixed --batch N model takes exactly N images per call: every stage feeds it batches of N
+    batch_size = job.export.batch or job.runtime.batch_size
     torch.manual_seed(job.runtime.seed)
     if job.runtime.threads:
         torch.set_num_threads(job.runtime.threads)
@@ -187,10 +202,12 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
             loaded = load_model(job.model)
             preprocess = PreprocessConfig.from_model(loaded.model)
         class_names = _class_names(loaded.num_classes, val_source, calib_source)
+        if val_source is not None:
+            check_labels_fit(val_source, loaded.num_classes)
         with timer.stage("fuse"):
             fused = fuse_levit(loaded.model)
-            images = _parity_images(preprocess, job.runtime.seed)
-            parity = check_parity(loaded.model, fused, torch.from_numpy(images))
+            images = _parity_images(preprocess, job.runtime.seed, job.export.batch)
+            fusion = check_fusion(loaded.model, fused, torch.from_numpy(images))
         with timer.stage("export"):
             meta = model_metadata(loaded, preprocess, class_names)
             onnx_bytes = export_onnx(fused, preprocess.input_size, job.export, meta)
@@ -214,8 +231,9 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
                     calib_source,
                     preprocess,
                     job.quant,
-                    job.runtime.batch_size,
+                    batch_size,
                     timer.progress("calibrate"),
+                    fixed_batch=job.export.batch,
                 )
                 calibration.save(run.dir / CALIBRATION_FILE)
             for key, profile, filename in _profiles(job.targets, job.quant.ort_profile):
@@ -265,9 +283,10 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
                     runners,
                     val_source,
                     preprocess,
-                    job.runtime.batch_size,
+                    batch_size,
                     timer.progress("validate"),
                 )
+                _check_chance(evaluation, val_source, loaded.num_classes, job.gate.allow_chance)
                 if ort_format is not None:
                     evaluation, format_parity = split_parity(evaluation, ort_format)
         gate = apply_gate(evaluation.comparisons("fp32"), job.gate) if evaluation else None
@@ -285,7 +304,7 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
             gate=gate,
             status=status,
             stages=timer.seconds,
-            parity={"torch_fused_vs_timm": parity, "onnxruntime_vs_torch_fused": ort_parity},
+            parity={**fusion.to_dict(), "onnxruntime_vs_torch_fused": ort_parity},
             engine={"reason": engine_reason, **engine_info},
             trtexec=trtexec,
             files={k: run.dir / f for k, f in ARTIFACT_FILES.items() if (run.dir / f).exists()},
@@ -508,7 +527,7 @@ def build_report(
     gate: GateResult | None,
     status: str,
     stages: dict[str, float],
-    parity: dict[str, float],
+    parity: dict[str, Any],
     engine: dict[str, Any],
     trtexec: str,
     files: dict[str, Path],
@@ -526,6 +545,8 @@ def build_report(
             "checkpoint": str(loaded.spec.checkpoint) if loaded.spec.checkpoint else None,
             "checkpoint_sha256": loaded.checkpoint_sha256,
             "checkpoint_format": loaded.checkpoint_format,
+            "checkpoint_key": loaded.checkpoint_key,
+            "checkpoint_weight_sets": list(loaded.weight_sets),
         },
         "preprocess": preprocess.to_dict(),
         "parity": parity,
@@ -577,9 +598,12 @@ def validation_section(
             "n": len(evaluation.names),
             "labelled": evaluation.labels is not None,
             "class_order": list(source.class_names) if source.class_names else None,
+            "class_order_rule": source.class_order,
             "data_hash": source.fingerprint(),
             "excluded": source.excluded,
             "skipped": [list(s) for s in evaluation.skipped],
+            # files decoded in another mode and converted to RGB as timm does (mode -> count)
+            "converted_to_rgb": dict(sorted(source.conversions.items())),
         },
         "accuracy": {},
         "drop": {k: c.drop for k, c in comparisons.items()},
@@ -643,6 +667,7 @@ def manifest_body(job: ExportJob, report: dict[str, Any]) -> dict[str, Any]:
         "preprocess": report["preprocess"],
         "calibration": report.get("calibration"),
         "validation_data_hash": report.get("validation", {}).get("data_hash"),
+        "class_order_rule": report.get("validation", {}).get("class_order_rule"),
         "seed": job.runtime.seed,
         "versions": report["environment"]["versions"],
         "created": report["run"]["created"],
@@ -664,6 +689,14 @@ def preprocess_from_onnx(path: Path) -> tuple[PreprocessConfig, tuple[str, ...] 
     names = json.loads(props["levit_edge.class_names"]) if "levit_edge.class_names" in props else None
     num_classes = int(props.get("levit_edge.num_classes", "0"))
     return PreprocessConfig.from_dict(pre), tuple(names) if names else None, num_classes
+
+
+def fixed_batch_of(path: Path) -> int | None:
+    """The fixed batch size of an exported model's input (None: dynamic)."""
+    from levit_edge.export.onnx import load_onnx
+
+    dim = load_onnx(path).graph.input[0].type.tensor_type.shape.dim[0]
+    return int(dim.dim_value) if dim.HasField("dim_value") and dim.dim_value > 0 else None
 
 
 def validate_run(
@@ -689,13 +722,19 @@ def validate_run(
         )
     if source.class_names and class_names and tuple(source.class_names) != tuple(class_names):
         raise UserError("--val class folders differ from the class names the model was exported with")
+    if num_classes:
+        check_labels_fit(source, num_classes)
+    fixed = fixed_batch_of(run_dir / FP32_FILE)
     runners: dict[str, Runner] = {
         key: OnnxRuntimeRunner(run_dir / name, runtime.threads)
         for key, name in ARTIFACT_FILES.items()
         if key != "int8.plan" and (run_dir / name).is_file()
     }
     with timer.stage("validate"):
-        evaluation = evaluate(runners, source, preprocess, runtime.batch_size, timer.progress("validate"))
+        evaluation = evaluate(
+            runners, source, preprocess, fixed or runtime.batch_size, timer.progress("validate")
+        )
+    _check_chance(evaluation, source, num_classes or len(class_names or ()) or 1, gate_settings.allow_chance)
     gate = apply_gate(evaluation.comparisons("fp32"), gate_settings)
     report = read_json(run_dir / "report.json")
     manifest = read_json(run_dir / MANIFEST)
@@ -710,6 +749,7 @@ def validate_run(
     body = {k: v for k, v in manifest.items() if k not in ("files", "schema_version")}
     body["status"] = status
     body["validation_data_hash"] = report["validation"]["data_hash"]
+    body["class_order_rule"] = report["validation"]["class_order_rule"]
     update_run(run_dir, lambda folder: write_reports(folder, report), body)  # all or nothing
     result = RunResult(run_dir, status, report, gate, None)
     if not gate.passed:

@@ -48,6 +48,8 @@ class GateSettings:
     """The accuracy-drop gate."""
 
     max_drop: float = 1.0  # top-1 points vs FP32 (or agreement points without labels)
+    # accept labelled FP32 top-1 at or below chance (otherwise a user error: labels and classes disagree)
+    allow_chance: bool = False
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_drop) and self.max_drop >= 0):
@@ -157,6 +159,10 @@ CONFIG_KEYS: dict[str, tuple[type, ...]] = {
     "skip_bad": (bool,),
     "exclude": (str,),
     "max_drop": (float, int),
+    "allow_chance_accuracy": (bool,),
+    "class_order": (str,),
+    "class_list": (str,),
+    "checkpoint_key": (str,),
     "accuracy_budget": (float, int),
     "max_float_layers": (int,),
     "batch_size": (int,),
@@ -172,7 +178,7 @@ CONFIG_KEYS: dict[str, tuple[type, ...]] = {
     "workspace_mb": (int,),
     "max_batch": (int,),
 }
-_PATH_KEYS = ("checkpoint", "calib", "val", "data_root", "exclude", "out")
+_PATH_KEYS = ("checkpoint", "calib", "val", "data_root", "exclude", "out", "class_list")
 
 
 def load_config(path: Path) -> dict[str, Any]:

@@ -12,6 +12,11 @@ import onnxruntime as ort
 from levit_edge.backends.base import Runner
 from levit_edge.errors import UserError
 
+# ONNX Runtime's telemetry is on by default where the platform supports it; this tool must make no
+# network access of its own, so it is switched off before any session exists (and again, cheaply, in
+# ``session_options``: the setting is process-wide and nothing may turn it back on unnoticed).
+ort.disable_telemetry_events()
+
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -30,6 +35,7 @@ def session_options(
     and ONNX Runtime session config entries (e.g. ``{"session.intra_op.allow_spinning": "0"}``)."""
     if optimization not in _LEVELS:
         raise UserError(f"unknown graph optimization level '{optimization}'; use one of {', '.join(_LEVELS)}")
+    ort.disable_telemetry_events()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = _LEVELS[optimization]
     opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
@@ -51,6 +57,7 @@ def load_session(
 ) -> ort.InferenceSession:
     """Create a CPU inference session; an unloadable model is a user error naming the file."""
     source = model if isinstance(model, bytes) else str(model)
+    ort.disable_telemetry_events()
     try:
         return ort.InferenceSession(
             source,
@@ -63,8 +70,26 @@ def load_session(
         raise UserError(f"ONNX Runtime cannot load {where}: {first}") from None
 
 
+def fixed_batch(session: ort.InferenceSession) -> int | None:
+    """The batch size the model's first input is fixed to, or None for a dynamic batch."""
+    dim = session.get_inputs()[0].shape[0]
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def pad_rows(images: np.ndarray, size: int) -> np.ndarray:
+    """``images`` filled up to ``size`` rows by repeating its own rows."""
+    if len(images) >= size:
+        return images
+    return np.ascontiguousarray(images[np.arange(size) % len(images)])
+
+
 class OnnxRuntimeRunner(Runner):
-    """Runs an ONNX model with ONNX Runtime's CPU execution provider."""
+    """Runs an ONNX model with ONNX Runtime's CPU execution provider.
+
+    A model exported with a fixed batch (``--batch N``) is fed exactly N images per call: a batch of
+    another size is cut into N-image chunks, the last one filled up by repeating its images, and only the
+    real images' logits are returned.
+    """
 
     name = "onnxruntime"
 
@@ -81,13 +106,25 @@ class OnnxRuntimeRunner(Runner):
         self.optimization = optimization
         self.config = dict(config or {})
         self.session: ort.InferenceSession | None = None
+        self.fixed_batch: int | None = None
 
     def activate(self) -> None:
         self.session = load_session(self.model, self.threads, self.optimization, self.config)
         self._input = self.session.get_inputs()[0].name
         self._output = self.session.get_outputs()[0].name
+        self.fixed_batch = fixed_batch(self.session)
 
     def _infer(self, images: np.ndarray) -> np.ndarray:
+        n = self.fixed_batch
+        if n is None or len(images) == n:
+            return self._run(images)
+        chunks = [
+            self._run(pad_rows(images[s : s + n], n))[: len(images[s : s + n])]
+            for s in range(0, len(images), n)
+        ]
+        return np.concatenate(chunks)
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
         assert self.session is not None
         (out,) = self.session.run([self._output], {self._input: images})
         return np.asarray(out, dtype=np.float32)

@@ -40,6 +40,12 @@ def export_cli(
         "-c",
         help="Weights: timm/training state_dict, safetensors or facebookresearch LeViT.",
     ),
+    checkpoint_key: str | None = typer.Option(
+        None,
+        "--checkpoint-key",
+        help="Weight set of a training checkpoint (model, model_ema, state_dict_ema, ...) "
+        "[default: the checkpoint project's own choice].",
+    ),
     num_classes: int | None = typer.Option(
         None, "--num-classes", help="Classifier size (default: from the checkpoint)."
     ),
@@ -70,6 +76,25 @@ def export_cli(
     ),
     exclude: Path | None = typer.Option(
         None, "--exclude", help="List of image names to leave out of validation.", rich_help_panel=_DATA
+    ),
+    class_order: str | None = typer.Option(
+        None,
+        "--class-order",
+        help="Class folder order: natural (timm: 1, 2, 10) | lexical (torchvision: 1, 10, 2) "
+        "[default: natural].",
+        rich_help_panel=_DATA,
+    ),
+    class_list: Path | None = typer.Option(
+        None,
+        "--class-list",
+        help="Class names, one per line, line i = class i (wins over --class-order).",
+        rich_help_panel=_DATA,
+    ),
+    allow_chance_accuracy: bool | None = typer.Option(
+        None,
+        "--allow-chance-accuracy/--no-allow-chance-accuracy",
+        help="Accept labelled FP32 top-1 at or below chance (otherwise exit 1: labels do not fit).",
+        rich_help_panel=_DATA,
     ),
     skip_bad: bool | None = typer.Option(
         None,
@@ -167,6 +192,7 @@ def export_cli(
     data_root_path = path(data_root, "data_root")
     seed_value = p(seed, "seed", 0)
     skip = p(skip_bad, "skip_bad", False)
+    order, classes = p(class_order, "class_order", "natural"), path(class_list, "class_list")
     quant = QuantSettings(
         method=p(calib_method, "calib_method", "minmax"),
         percentile=float(p(percentile, "percentile", 99.999)),
@@ -187,6 +213,7 @@ def export_cli(
             num_classes=p(num_classes, "num_classes", None),
             img_size=p(img_size, "img_size", None),
             pretrained=p(pretrained, "pretrained", False),
+            checkpoint_key=p(checkpoint_key, "checkpoint_key", None),
         ),
         export=ExportSettings(opset=p(opset, "opset", DEFAULT_OPSET), batch=p(batch, "batch", None)),
         targets=Targets.parse(
@@ -195,16 +222,19 @@ def export_cli(
             p(engine, "engine", True),
             p(ort_format_fp32, "ort_format_fp32", False),
         ),
-        calib=DataSpec(calib_path, data_root_path, quant.calib_size, seed_value, skip)
+        calib=DataSpec(calib_path, data_root_path, quant.calib_size, seed_value, skip, None, order, classes)
         if calib_path
         else None,
-        val=DataSpec(val_path, data_root_path, None, seed_value, skip, path(exclude, "exclude"))
+        val=DataSpec(
+            val_path, data_root_path, None, seed_value, skip, path(exclude, "exclude"), order, classes
+        )
         if val_path
         else None,
         quant=quant,
         # the accuracy budget is the gate too: a run that met it passes, one that could not fails (exit 3)
         gate=GateSettings(
-            max_drop=fallback.budget if fallback.budget is not None else float(p(max_drop, "max_drop", 1.0))
+            max_drop=fallback.budget if fallback.budget is not None else float(p(max_drop, "max_drop", 1.0)),
+            allow_chance=p(allow_chance_accuracy, "allow_chance_accuracy", False),
         ),
         fallback=fallback,
         runtime=RuntimeSettings(
