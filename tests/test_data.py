@@ -422,9 +422,7 @@ def test_every_mode_is_decoded_as_timms_dataset_decodes_it(tmp_path: Path) -> No
     dataset = create_dataset(
         "", root=str(tmp_path / "modes"), transform=timm_transform, input_key=".png;.tif;.gif"
     )
-    theirs = {
-        Path(path).name: dataset[i][0].numpy() for i, (path, _) in enumerate(dataset.reader.samples)
-    }
+    theirs = {Path(path).name: dataset[i][0].numpy() for i, (path, _) in enumerate(dataset.reader.samples)}
     source = open_source(DataSpec(tmp_path / "modes"))
     batch = collect(source, batch_size=3)
     assert sorted(batch.names) == sorted(theirs)
@@ -739,7 +737,9 @@ def test_label_beyond_any_class_index(tmp_path: Path) -> None:
     (tmp_path / "val.txt").write_text(f"a.png {2**63}\n")
     with pytest.raises(UserError, match=r"line 1: label \d+ is not a class index"):
         open_source(DataSpec(tmp_path / "val.txt"))
-    np.savez(tmp_path / "val.npz", images=np.zeros((1, 8, 8, 3), np.uint8), labels=np.array([2**63], np.uint64))
+    np.savez(
+        tmp_path / "val.npz", images=np.zeros((1, 8, 8, 3), np.uint8), labels=np.array([2**63], np.uint64)
+    )
     with pytest.raises(UserError, match="not class indices"):
         open_source(DataSpec(tmp_path / "val.npz"))
 

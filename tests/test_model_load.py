@@ -577,8 +577,13 @@ def _levit_main_checkpoint(model: nn.Module, ema: nn.Module, path: Path) -> Path
             "lr_scheduler": scheduler.state_dict(),
             "epoch": 41,
             "model_ema": facebook_state_dict(ema),
-            "scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5,
-                       "growth_interval": 2000, "_growth_tracker": 0},
+            "scaler": {
+                "scale": 65536.0,
+                "growth_factor": 2.0,
+                "backoff_factor": 0.5,
+                "growth_interval": 2000,
+                "_growth_tracker": 0,
+            },
             "args": args,
         },  # fmt: skip
         path,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -294,14 +294,22 @@ FUSION_TOL = 1e-6  # float64 fold vs float64 original; a correct fold is ~1e-12 
 
 
 def check_fusion(
-    model: nn.Module, fused: nn.Module, images: torch.Tensor, tol: float = FUSION_TOL
+    model: nn.Module,
+    fused: nn.Module,
+    images: torch.Tensor,
+    tol: float = FUSION_TOL,
+    fuser: Callable[[nn.Module], nn.Module] | None = None,
 ) -> FusionParity:
-    """Check fusion against a float64 reference; UserError (one line) on a real mismatch."""
+    """Check fusion against a float64 reference; UserError (one line) on a real mismatch.
+
+    ``fuser`` (default :func:`fuse_levit`) is applied to the float64 copy of ``model``: the check is of
+    the fusion procedure, in a precision where an ill-conditioned checkpoint cannot hide a wrong fold.
+    """
     model.eval()
     reference = copy.deepcopy(model).double().eval()
     with torch.no_grad():
         ref = reference(images.double())
-        fused64 = fuse_levit(reference)
+        fused64 = (fuser or fuse_levit)(reference)
         out64 = fused64(images.double())
         fused32 = fused(images.to(next(fused.parameters()).dtype))
         orig32 = model(images.to(next(model.parameters()).dtype))
