@@ -585,7 +585,7 @@ def _levit_main_checkpoint(model: nn.Module, ema: nn.Module, path: Path) -> Path
                 "_growth_tracker": 0,
             },
             "args": args,
-        },  # fmt: skip
+        },
         path,
     )
     return path
