@@ -98,6 +98,7 @@ class ExportJob:
     name: str | None = None
     force: bool = False
     command: tuple[str, ...] = ()
+    config: Path | None = None  # the --config file the options came from (recorded by name and sha256)
 
     def __post_init__(self) -> None:
         if self.targets.int8 and self.calib is None:
@@ -313,6 +314,7 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
             report["firmware"] = {**ort_format.describe(), "parity": format_parity or None}
         if fallback:
             report.update(report_sections(fallback, job.fallback))
+        report["inputs"] = run_inputs(job, report)
         write_reports(run.dir, report)
         write_manifest(run.dir, manifest_body(job, report))
         final = run.commit()
@@ -656,9 +658,37 @@ def job_options(job: ExportJob) -> dict[str, Any]:
     return {k: plain(v) for k, v in raw.items()}
 
 
+def run_inputs(job: ExportJob, report: dict[str, Any]) -> dict[str, Any]:
+    """Every input of the run by name and content hash; the path is information only (it is the path on
+    the machine that made the run), so a copied run folder still says exactly what it was built from."""
+    from levit_edge.model.load import sha256_file
+
+    inputs: dict[str, Any] = {}
+    if job.model.checkpoint is not None:
+        inputs["checkpoint"] = {
+            "name": job.model.checkpoint.name,
+            "sha256": report["model"]["checkpoint_sha256"],
+            "path": str(job.model.checkpoint),
+        }
+    if job.config is not None and job.config.is_file():
+        inputs["config"] = {
+            "name": job.config.name,
+            "sha256": sha256_file(job.config),
+            "path": str(job.config),
+        }
+    for key, spec, data_hash in (
+        ("calib", job.calib, (report.get("calibration") or {}).get("data_hash")),
+        ("val", job.val, (report.get("validation") or {}).get("data_hash")),
+    ):
+        if spec is not None:
+            inputs[key] = {"name": Path(spec.path).name, "data_hash": data_hash, "path": str(spec.path)}
+    return inputs
+
+
 def manifest_body(job: ExportJob, report: dict[str, Any]) -> dict[str, Any]:
     """What ``manifest.json`` records besides the file hashes: enough to rebuild the run."""
     return {
+        "inputs": run_inputs(job, report),
         "levit_edge_version": __version__,
         "status": report["status"],
         "command": list(job.command),
@@ -734,7 +764,8 @@ def validate_run(
         evaluation = evaluate(
             runners, source, preprocess, fixed or runtime.batch_size, timer.progress("validate")
         )
-    _check_chance(evaluation, source, num_classes or len(class_names or ()) or 1, gate_settings.allow_chance)
+    if num_classes:  # recorded by every levit-edge export; without it there is no chance level to test
+        _check_chance(evaluation, source, num_classes, gate_settings.allow_chance)
     gate = apply_gate(evaluation.comparisons("fp32"), gate_settings)
     report = read_json(run_dir / "report.json")
     manifest = read_json(run_dir / MANIFEST)

@@ -346,7 +346,7 @@ def test_ill_conditioned_checkpoint_passes_the_float64_fusion_check() -> None:
     assert parity.float64 < 1e-9  # the fold itself is exact
     # the fp32 deviation is the model's own (unfused fp32 shows it too), reported, not an error
     assert parity.original_fp32 > 1e-5 and parity.fused_fp32 > 1e-5
-    assert parity.to_dict()["torch_fused_vs_timm_precision"] == "float64"
+    assert parity.to_dict()["torch_fused_vs_timm"] == parity.float64
 
 
 def test_a_wrong_fold_is_one_user_error_line() -> None:

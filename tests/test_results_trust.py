@@ -219,3 +219,35 @@ def test_export_makes_no_dns_query_even_from_native_code(trained_fixture: Fixtur
         hits = _traced(sys.executable, "-c", code, *args, cwd=tmp_path)
         assert not hits, "network activity:\n" + "\n".join(hits[:10])
     assert np.all([(tmp_path / "out" / f"r{i}" / "manifest.json").is_file() for i in range(3)])
+
+
+# ---- portable runs ------------------------------------------------------------------------------------
+
+
+def test_inputs_recorded_by_name_and_hash(trained_fixture: Fixture, tmp_path: Path) -> None:
+    import hashlib
+
+    from levit_edge.report.manifest import verify_manifest
+
+    data, result, checkpoint = trained_fixture
+    small_val(data, tmp_path / "val", 1)
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f'model = "{result.model_name}"\nimg_size = {result.img_size}\n'
+        f'num_classes = {len(result.classes)}\ncheckpoint = "{checkpoint}"\nval = "val"\n'
+    )
+    proc = cli("export", "--config", config, "--out", tmp_path / "out", "--name", "r", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "out" / "r" / "manifest.json").read_text())
+    inputs = manifest["inputs"]
+    assert inputs["config"]["name"] == "edge.toml"
+    assert inputs["config"]["sha256"] == hashlib.sha256(config.read_bytes()).hexdigest()
+    assert inputs["checkpoint"]["name"] == checkpoint.name
+    assert inputs["checkpoint"]["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert (
+        inputs["val"]["name"] == "val"
+        and inputs["val"]["data_hash"] == report(tmp_path / "out" / "r")["validation"]["data_hash"]
+    )
+    moved = tmp_path / "elsewhere" / "r"
+    shutil.copytree(tmp_path / "out" / "r", moved)
+    assert verify_manifest(moved) == []

@@ -247,6 +247,7 @@ def export_cli(
         name=p(name, "name", None),
         force=p(force, "force", False),
         command=("levit-edge", *sys.argv[1:]),
+        config=config,
     )
     with RichHooks() as hooks:
         result = run_export(job, hooks)
