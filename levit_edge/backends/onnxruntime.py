@@ -13,8 +13,9 @@ from levit_edge.backends.base import Runner
 from levit_edge.errors import UserError
 
 # ONNX Runtime's telemetry is on by default where the platform supports it; this tool must make no
-# network access of its own, so it is switched off before any session exists (and again, cheaply, in
-# ``session_options``: the setting is process-wide and nothing may turn it back on unnoticed).
+# network access of its own. levit_edge/__init__.py sets ORT_DISABLE_TELEMETRY (which stops the native
+# uploader); telemetry events are switched off here too, before any session exists, and again, cheaply,
+# in ``session_options`` (the setting is process-wide: nothing may turn it back on unnoticed).
 ort.disable_telemetry_events()
 
 _LEVELS = {
