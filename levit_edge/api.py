@@ -20,8 +20,11 @@ if TYPE_CHECKING:
     from levit_edge.quant.trt_rules import Violation
 
 
-def export_job(options: Mapping[str, Any], command: tuple[str, ...] = ()) -> ExportJob:
-    """An export job from option values named like the config keys; missing ones take their defaults."""
+def export_job(
+    options: Mapping[str, Any], command: tuple[str, ...] = (), config: Path | None = None
+) -> ExportJob:
+    """An export job from option values named like the config keys; missing ones take their defaults.
+    ``config``: the TOML file the options came from (recorded in the run by name and sha256)."""
     from levit_edge.data.sources import DataSpec
     from levit_edge.export.onnx import ExportSettings
     from levit_edge.model.load import ModelSpec
@@ -51,6 +54,7 @@ def export_job(options: Mapping[str, Any], command: tuple[str, ...] = ()) -> Exp
         budget=float(budget) if budget is not None else None, max_float_layers=o["max_float_layers"]
     )
     calib, val, data_root = path("calib"), path("val"), path("data_root")
+    order, classes = o["class_order"], path("class_list")
     return ExportJob(
         model=ModelSpec(
             name=o["model"],
@@ -58,14 +62,22 @@ def export_job(options: Mapping[str, Any], command: tuple[str, ...] = ()) -> Exp
             num_classes=o["num_classes"],
             img_size=o["img_size"],
             pretrained=o["pretrained"],
+            checkpoint_key=o["checkpoint_key"],
         ),
         export=ExportSettings(opset=o["opset"], batch=o["batch"]),
         targets=Targets.parse(o["target"], o["int8"], o["engine"], o["ort_format_fp32"]),
-        calib=DataSpec(calib, data_root, quant.calib_size, o["seed"], o["skip_bad"]) if calib else None,
-        val=DataSpec(val, data_root, None, o["seed"], o["skip_bad"], path("exclude")) if val else None,
+        calib=DataSpec(calib, data_root, quant.calib_size, o["seed"], o["skip_bad"], None, order, classes)
+        if calib
+        else None,
+        val=DataSpec(val, data_root, None, o["seed"], o["skip_bad"], path("exclude"), order, classes)
+        if val
+        else None,
         quant=quant,
         # the accuracy budget is the gate too: a run that met it passes, one that could not fails (exit 3)
-        gate=GateSettings(max_drop=fallback.budget if fallback.budget is not None else float(o["max_drop"])),
+        gate=GateSettings(
+            max_drop=fallback.budget if fallback.budget is not None else float(o["max_drop"]),
+            allow_chance=o["allow_chance_accuracy"],
+        ),
         fallback=fallback,
         runtime=RuntimeSettings(batch_size=o["batch_size"], threads=o["threads"], seed=o["seed"]),
         engine=EngineOptions(workspace_mb=o["workspace_mb"], max_batch=o["max_batch"]),
@@ -73,6 +85,7 @@ def export_job(options: Mapping[str, Any], command: tuple[str, ...] = ()) -> Exp
         name=o["name"],
         force=o["force"],
         command=command,
+        config=config,
     )
 
 

@@ -32,7 +32,7 @@ from levit_edge.export.onnx import (
     verify_with_onnxruntime,
 )
 from levit_edge.export.ort_format import OrtFormatResult, convert_to_ort, ort_format_runners, split_parity
-from levit_edge.model.fuse import check_parity, fuse_levit
+from levit_edge.model.fuse import check_fusion, fuse_levit
 from levit_edge.model.load import LoadedModel, ModelSpec, load_model
 from levit_edge.pausepoint import pause_point
 from levit_edge.quant.calibrate import CALIBRATION_FILE, Calibration, calibrate, describe
@@ -44,6 +44,7 @@ from levit_edge.report.render import write_reports
 from levit_edge.settings import FallbackSettings, GateSettings, QuantSettings, RuntimeSettings, Targets
 from levit_edge.validate.compare import Evaluation, evaluate
 from levit_edge.validate.gate import FAILED, PASSED, GateResult, apply_gate
+from levit_edge.validate.sanity import check_above_chance, check_labels_fit
 
 FP32_FILE = "model.fp32.onnx"
 ORT_FILE = "model.int8.ort.onnx"
@@ -98,6 +99,7 @@ class ExportJob:
     name: str | None = None
     force: bool = False
     command: tuple[str, ...] = ()
+    config: Path | None = None  # the --config file the options came from (recorded by name and sha256)
 
     def __post_init__(self) -> None:
         if self.targets.int8 and self.calib is None:
@@ -158,6 +160,7 @@ def model_metadata(
         "levit_edge.preprocess": json.dumps(preprocess.to_dict(), sort_keys=True),
         "levit_edge.checkpoint_sha256": loaded.checkpoint_sha256 or "",
         "levit_edge.checkpoint_format": loaded.checkpoint_format,
+        "levit_edge.checkpoint_key": loaded.checkpoint_key or "",
         "levit_edge.versions": json.dumps(versions, sort_keys=True),
     }
     if class_names:
@@ -165,9 +168,20 @@ def model_metadata(
     return props
 
 
-def _parity_images(preprocess: PreprocessConfig, seed: int) -> np.ndarray:
+def _parity_images(preprocess: PreprocessConfig, seed: int, batch: int | None = None) -> np.ndarray:
+    """Seeded random parity inputs: two images, or exactly the fixed batch a --batch model takes."""
     rng = np.random.default_rng(seed)
-    return rng.standard_normal((2, *preprocess.input_size)).astype(np.float32)
+    return rng.standard_normal((batch or 2, *preprocess.input_size)).astype(np.float32)
+
+
+def _check_chance(evaluation: Evaluation, source: ImageSource, num_classes: int, allow: bool) -> None:
+    """Labelled FP32 top-1 at or below chance is a user error (levit_edge/validate/sanity.py)."""
+    if evaluation.labels is None:
+        return
+    from levit_edge.validate.metrics import topk_accuracy
+
+    top1 = topk_accuracy(evaluation.logits["fp32"], evaluation.labels).top1
+    check_above_chance(top1, len(evaluation.labels), num_classes, source, allow)
 
 
 def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
@@ -178,6 +192,8 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
     :class:`EngineUnavailable` once everything else is written.
     """
     timer = _Timer(hooks)
+    # a fixed --batch N model takes exactly N images per call: every stage feeds it batches of N
+    batch_size = job.export.batch or job.runtime.batch_size
     torch.manual_seed(job.runtime.seed)
     if job.runtime.threads:
         torch.set_num_threads(job.runtime.threads)
@@ -189,10 +205,12 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
             loaded = load_model(job.model)
             preprocess = PreprocessConfig.from_model(loaded.model)
         class_names = _class_names(loaded.num_classes, val_source, calib_source)
+        if val_source is not None:
+            check_labels_fit(val_source, loaded.num_classes)
         with timer.stage("fuse"):
             fused = fuse_levit(loaded.model)
-            images = _parity_images(preprocess, job.runtime.seed)
-            parity = check_parity(loaded.model, fused, torch.from_numpy(images))
+            images = _parity_images(preprocess, job.runtime.seed, job.export.batch)
+            fusion = check_fusion(loaded.model, fused, torch.from_numpy(images))
         with timer.stage("export"):
             meta = model_metadata(loaded, preprocess, class_names)
             onnx_bytes = export_onnx(fused, preprocess.input_size, job.export, meta)
@@ -216,8 +234,9 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
                     calib_source,
                     preprocess,
                     job.quant,
-                    job.runtime.batch_size,
+                    batch_size,
                     timer.progress("calibrate"),
+                    fixed_batch=job.export.batch,
                 )
                 calibration.save(run.dir / CALIBRATION_FILE)
             for key, profile, filename in _profiles(job.targets, job.quant.ort_profile):
@@ -263,9 +282,10 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
                     runners,
                     val_source,
                     preprocess,
-                    job.runtime.batch_size,
+                    batch_size,
                     timer.progress("validate"),
                 )
+                _check_chance(evaluation, val_source, loaded.num_classes, job.gate.allow_chance)
                 if ort_format is not None:
                     evaluation, format_parity = split_parity(evaluation, ort_format)
         gate = apply_gate(evaluation.comparisons("fp32"), job.gate) if evaluation else None
@@ -283,7 +303,7 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
             gate=gate,
             status=status,
             stages=timer.seconds,
-            parity={"torch_fused_vs_timm": parity, "onnxruntime_vs_torch_fused": ort_parity},
+            parity={**fusion.to_dict(), "onnxruntime_vs_torch_fused": ort_parity},
             engine=engine_info,
             trtexec=trtexec,
             files={k: run.dir / f for k, f in ARTIFACT_FILES.items() if (run.dir / f).exists()},
@@ -292,6 +312,7 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
             report["firmware"] = {**ort_format.describe(), "parity": format_parity or None}
         if fallback:
             report.update(report_sections(fallback, job.fallback))
+        report["inputs"] = run_inputs(job, report)
         write_reports(run.dir, report)
         write_manifest(run.dir, manifest_body(job, report))
         final = run.commit()
@@ -529,7 +550,7 @@ def build_report(
     gate: GateResult | None,
     status: str,
     stages: dict[str, float],
-    parity: dict[str, float],
+    parity: dict[str, Any],
     engine: dict[str, Any],
     trtexec: str,
     files: dict[str, Path],
@@ -547,6 +568,8 @@ def build_report(
             "checkpoint": str(loaded.spec.checkpoint) if loaded.spec.checkpoint else None,
             "checkpoint_sha256": loaded.checkpoint_sha256,
             "checkpoint_format": loaded.checkpoint_format,
+            "checkpoint_key": loaded.checkpoint_key,
+            "checkpoint_weight_sets": list(loaded.weight_sets),
         },
         "preprocess": preprocess.to_dict(),
         "parity": parity,
@@ -598,9 +621,12 @@ def validation_section(
             "n": len(evaluation.names),
             "labelled": evaluation.labels is not None,
             "class_order": list(source.class_names) if source.class_names else None,
+            "class_order_rule": source.class_order,
             "data_hash": source.fingerprint(),
             "excluded": source.excluded,
             "skipped": [list(s) for s in evaluation.skipped],
+            # files decoded in another mode and converted to RGB as timm does (mode -> count)
+            "converted_to_rgb": dict(sorted(source.conversions.items())),
         },
         "accuracy": {},
         "drop": {k: c.drop for k, c in comparisons.items()},
@@ -653,9 +679,37 @@ def job_options(job: ExportJob) -> dict[str, Any]:
     return {k: plain(v) for k, v in raw.items()}
 
 
+def run_inputs(job: ExportJob, report: dict[str, Any]) -> dict[str, Any]:
+    """Every input of the run by name and content hash; the path is information only (it is the path on
+    the machine that made the run), so a copied run folder still says exactly what it was built from."""
+    from levit_edge.model.load import sha256_file
+
+    inputs: dict[str, Any] = {}
+    if job.model.checkpoint is not None:
+        inputs["checkpoint"] = {
+            "name": job.model.checkpoint.name,
+            "sha256": report["model"]["checkpoint_sha256"],
+            "path": str(job.model.checkpoint),
+        }
+    if job.config is not None and job.config.is_file():
+        inputs["config"] = {
+            "name": job.config.name,
+            "sha256": sha256_file(job.config),
+            "path": str(job.config),
+        }
+    for key, spec, data_hash in (
+        ("calib", job.calib, (report.get("calibration") or {}).get("data_hash")),
+        ("val", job.val, (report.get("validation") or {}).get("data_hash")),
+    ):
+        if spec is not None:
+            inputs[key] = {"name": Path(spec.path).name, "data_hash": data_hash, "path": str(spec.path)}
+    return inputs
+
+
 def manifest_body(job: ExportJob, report: dict[str, Any]) -> dict[str, Any]:
     """What ``manifest.json`` records besides the file hashes: enough to rebuild the run."""
     return {
+        "inputs": run_inputs(job, report),
         "levit_edge_version": __version__,
         "status": report["status"],
         "command": list(job.command),
@@ -664,6 +718,7 @@ def manifest_body(job: ExportJob, report: dict[str, Any]) -> dict[str, Any]:
         "preprocess": report["preprocess"],
         "calibration": report.get("calibration"),
         "validation_data_hash": report.get("validation", {}).get("data_hash"),
+        "class_order_rule": report.get("validation", {}).get("class_order_rule"),
         "seed": job.runtime.seed,
         "versions": report["environment"]["versions"],
         "created": report["run"]["created"],
@@ -692,6 +747,14 @@ def preprocess_from_onnx(path: Path) -> tuple[PreprocessConfig, tuple[str, ...] 
     return PreprocessConfig.from_dict(pre), tuple(names) if names else None, num_classes
 
 
+def fixed_batch_of(path: Path) -> int | None:
+    """The fixed batch size of an exported model's input (None: dynamic)."""
+    from levit_edge.export.onnx import load_onnx
+
+    dim = load_onnx(path).graph.input[0].type.tensor_type.shape.dim[0]
+    return int(dim.dim_value) if dim.HasField("dim_value") and dim.dim_value > 0 else None
+
+
 def validate_run(
     run_dir: Path,
     val: DataSpec,
@@ -716,13 +779,20 @@ def validate_run(
         )
     if source.class_names and class_names and tuple(source.class_names) != tuple(class_names):
         raise UserError("--val class folders differ from the class names the model was exported with")
+    if num_classes:
+        check_labels_fit(source, num_classes)
+    fixed = fixed_batch_of(run_dir / FP32_FILE)
     runners: dict[str, Runner] = {
         key: OnnxRuntimeRunner(run_dir / name, runtime.threads)
         for key, name in ARTIFACT_FILES.items()
         if key != "int8.plan" and (run_dir / name).is_file()
     }
     with timer.stage("validate"):
-        evaluation = evaluate(runners, source, preprocess, runtime.batch_size, timer.progress("validate"))
+        evaluation = evaluate(
+            runners, source, preprocess, fixed or runtime.batch_size, timer.progress("validate")
+        )
+    if num_classes:  # recorded by every levit-edge export; without it there is no chance level to test
+        _check_chance(evaluation, source, num_classes, gate_settings.allow_chance)
     gate = apply_gate(evaluation.comparisons("fp32"), gate_settings)
     report = read_json(run_dir / "report.json")
     manifest = read_json(run_dir / MANIFEST)
@@ -737,6 +807,7 @@ def validate_run(
     body = {k: v for k, v in manifest.items() if k not in ("files", "schema_version")}
     body["status"] = status
     body["validation_data_hash"] = report["validation"]["data_hash"]
+    body["class_order_rule"] = report["validation"]["class_order_rule"]
     update_run(run_dir, lambda folder: write_reports(folder, report), body)  # all or nothing
     result = RunResult(run_dir, status, report, gate, None)
     if not gate.passed:

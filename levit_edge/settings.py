@@ -54,6 +54,8 @@ class GateSettings:
     """The accuracy-drop gate."""
 
     max_drop: float = 1.0  # top-1 points vs FP32 (or agreement points without labels)
+    # accept labelled FP32 top-1 at or below chance (otherwise a user error: labels and classes disagree)
+    allow_chance: bool = False
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.max_drop) and self.max_drop >= 0):
@@ -168,6 +170,10 @@ CONFIG_KEYS: dict[str, tuple[type, ...]] = {
     "skip_bad": (bool,),
     "exclude": (str,),
     "max_drop": (float, int),
+    "allow_chance_accuracy": (bool,),
+    "class_order": (str,),
+    "class_list": (str,),
+    "checkpoint_key": (str,),
     "accuracy_budget": (float, int),
     "max_float_layers": (int,),
     "batch_size": (int,),
@@ -204,6 +210,10 @@ EXPORT_DEFAULTS: dict[str, Any] = {
     "skip_bad": False,
     "exclude": None,
     "max_drop": 1.0,
+    "allow_chance_accuracy": False,
+    "class_order": "natural",
+    "class_list": None,
+    "checkpoint_key": None,
     "accuracy_budget": None,
     "max_float_layers": 8,
     "batch_size": 32,
@@ -228,7 +238,7 @@ def unknown_key(key: str, where: str) -> UserError:
     return UserError(f"{where}: unknown key '{key}' ({hint})")
 
 
-_PATH_KEYS = ("checkpoint", "calib", "val", "data_root", "exclude", "out")
+_PATH_KEYS = ("checkpoint", "calib", "val", "data_root", "exclude", "out", "class_list")
 
 
 def load_config(path: Path) -> dict[str, Any]:

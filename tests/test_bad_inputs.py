@@ -281,6 +281,137 @@ def _(c: Ctx) -> Case:
     return Case(c.export("--val", val, "--exclude", exclude), fragments=("excluded",))
 
 
+# export: labels that cannot be right, class order (issue 13)
+@case("export-val-list-label-beyond-classes")
+def _(c: Ctx) -> Case:
+    val = c.val_folders(list(c.data.classes), per_class=1)
+    lines = [f"{p.relative_to(val).as_posix()} {i}" for i, p in enumerate(sorted(val.rglob("*.png")))]
+    listing = c.file("val/val.txt", "\n".join(lines) + "\n")  # labels 0..9, one image each ...
+    listing.write_text(listing.read_text().replace(" 9\n", " 10\n"))  # ... but 10 for the last
+    return Case(c.export("--val", listing), fragments=("1 label(s) up to 10", "[0, 10)"))
+
+
+@case("export-val-list-label-overflows-int64")
+def _(c: Ctx) -> Case:
+    val = c.val_folders(list(c.data.classes[:1]), per_class=1)
+    name = next(val.rglob("*.png")).relative_to(val).as_posix()
+    listing = c.file("val/val.txt", f"{name} {2**63}\n")
+    return Case(c.export("--val", listing), fragments=("line 1", "not a class index"))
+
+
+@case("export-val-npz-label-beyond-classes")
+def _(c: Ctx) -> Case:
+    images = np.zeros((4, 16, 16, 3), np.uint8)
+    np.savez(c.dir / "val.npz", images=images, labels=np.array([0, 1, 2, 12]))
+    return Case(c.export("--val", c.dir / "val.npz"), fragments=("up to 12", "[0, 10)"))
+
+
+@case("export-val-stray-image-beside-class-folders")
+def _(c: Ctx) -> Case:
+    val = c.val_folders(list(c.data.classes), per_class=1)
+    shutil.copy(next(val.rglob("*.png")), val / "stray.png")
+    return Case(c.export("--val", val), fragments=("outside them", "stray.png"))
+
+
+@case("export-val-numbered-folders-lexical-order")
+def _(c: Ctx) -> Case:
+    # folders 2..11 hold classes 0..9 (timm's natural order); lexical order (10, 11, 2, ...) mislabels
+    # every image: FP32 top-1 near 0 % used to pass the gate with a drop of 0
+    val = c.val_folders([str(i + 2) for i in range(len(c.data.classes))])
+    args = c.export("--val", val, "--class-order", "lexical")
+    return Case(args, fragments=("at or below chance", "--class-order natural", "--allow-chance-accuracy"))
+
+
+@case("export-val-folder-not-in-class-list")
+def _(c: Ctx) -> Case:
+    val = c.val_folders(list(c.data.classes), per_class=1)
+    classes = c.file("classes.txt", "\n".join(c.data.classes[:-1]) + "\n")
+    args = c.export("--val", val, "--class-list", classes)
+    return Case(args, fragments=(f"class folder '{c.data.classes[-1]}' is not in the class list",))
+
+
+# export: non-finite data and weights (issue 13)
+def _preprocessed(c: Ctx, n: int = 4) -> np.ndarray:
+    return np.zeros((n, 3, c.result.img_size, c.result.img_size), np.float32)
+
+
+@case("export-calib-npy-nan-pixel")
+def _(c: Ctx) -> Case:
+    images = _preprocessed(c)
+    images[2, 1, 5, 5] = np.nan
+    np.save(c.dir / "calib.npy", images)
+    args = c.export("--int8", "--target", "ort", "--calib", c.dir / "calib.npy")
+    return Case(args, fragments=("calib.npy[2]", "non-finite"))
+
+
+@case("export-calib-npy-inf-pixel")
+def _(c: Ctx) -> Case:
+    images = _preprocessed(c)
+    images[0, 0, 0, 0] = np.inf
+    np.save(c.dir / "calib.npy", images)
+    args = c.export("--int8", "--target", "ort", "--calib", c.dir / "calib.npy")
+    return Case(args, fragments=("calib.npy[0]", "non-finite"))
+
+
+@case("export-val-npz-nan-image")
+def _(c: Ctx) -> Case:
+    images = _preprocessed(c)
+    images[1] = np.nan
+    np.savez(c.dir / "val.npz", images=images, labels=np.array([0, 1, 2, 3]))
+    return Case(c.export("--val", c.dir / "val.npz"), fragments=("val.npz[1]", "non-finite"))
+
+
+def _bad_weight(c: Ctx, how: str, suffix: str = ".pth") -> Path:
+    state = _state(c)
+    key = next(k for k in state if k.endswith("qkv.linear.weight"))
+    if how == "nan":
+        state[key][0, 0] = float("nan")
+    elif how == "bool":
+        state[key] = state[key] > 0
+    elif how == "int8":
+        state[key] = (state[key] * 100).to(torch.int8)
+    elif how == "meta":
+        state[key] = torch.empty(state[key].shape, device="meta")
+    path = c.dir / f"{how}{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, path)
+    else:
+        torch.save(state, path)
+    return path
+
+
+@case("export-checkpoint-nan-weight")
+def _(c: Ctx) -> Case:
+    return Case(c.export(checkpoint=_bad_weight(c, "nan")), fragments=("qkv.linear.weight", "non-finite"))
+
+
+@case("export-checkpoint-bool-weight")
+def _(c: Ctx) -> Case:
+    args = c.export(checkpoint=_bad_weight(c, "bool"))
+    return Case(args, fragments=("is bool, expected floating point",))
+
+
+@case("export-checkpoint-meta-weight")
+def _(c: Ctx) -> Case:
+    return Case(c.export(checkpoint=_bad_weight(c, "meta")), fragments=("is a meta tensor",))
+
+
+@case("export-safetensors-int8-weight")
+def _(c: Ctx) -> Case:
+    args = c.export(checkpoint=_bad_weight(c, "int8", ".safetensors"))
+    return Case(args, fragments=("is int8, expected floating point",))
+
+
+@case("export-checkpoint-key-not-in-checkpoint")
+def _(c: Ctx) -> Case:
+    path = c.dir / "train.pth"
+    torch.save({"model": _state(c), "epoch": 3}, path)
+    args = c.export("--checkpoint-key", "model_ema", checkpoint=path)
+    return Case(args, fragments=("no weight set 'model_ema'", "weight sets: model"))
+
+
 # export: list files
 @case("export-list-mixed-labels")
 def _(c: Ctx) -> Case:
@@ -474,6 +605,27 @@ def _(c: Ctx) -> Case:
     # refused before the model is read: it is not the file the manifest hashed
     args = ["validate", run, "--val", c.small_val]
     return Case(args, fragments=("does not match its manifest.json", "model.fp32.onnx: size"))
+
+
+@case("validate-labels-at-chance")
+def _(c: Ctx) -> Case:
+    # every label shifted by one class: the run's FP32 model scores ~0 %, which is no result to gate on
+    run = c.run_copy()
+    names = list(c.data.classes)
+    lines = [f"{p.parent.name}/{p.name} {(names.index(p.parent.name) + 1) % len(names)}"
+             for p in sorted(c.small_val.rglob("*.png"))]  # fmt: skip
+    listing = c.file("val.txt", "\n".join(lines) + "\n")
+    args = ["validate", run, "--val", listing, "--data-root", c.small_val]
+    return Case(args, fragments=("at or below chance", "--allow-chance-accuracy"))
+
+
+@case("validate-label-beyond-classes")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    name = next(c.small_val.rglob("*.png")).relative_to(c.small_val).as_posix()
+    listing = c.file("val.txt", f"{name} 10\n")
+    args = ["validate", run, "--val", listing, "--data-root", c.small_val]
+    return Case(args, fragments=("up to 10", "[0, 10)"))
 
 
 @case("validate-missing-val")

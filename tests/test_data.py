@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from levit_edge.data.lists import select_balanced, write_calibration_list
-from levit_edge.data.preprocess import ALPHA_BACKGROUND, PreprocessConfig, to_rgb
+from levit_edge.data.preprocess import PreprocessConfig
 from levit_edge.data.sources import (
     Batch,
     DataSpec,
@@ -208,12 +208,16 @@ def test_data_root_is_ignored_by_folders(tmp_path: Path) -> None:
     )
 
 
-def test_single_subfolder_or_loose_images_is_unlabelled(tmp_path: Path) -> None:
+def test_single_subfolder_is_unlabelled_and_loose_images_beside_class_folders_refused(
+    tmp_path: Path,
+) -> None:
     one = make_labelled(tmp_path / "one", {"only": 2})
     assert open_source(DataSpec(one)).kind == "folder"
     mixed = make_labelled(tmp_path / "mixed", {"a": 1, "b": 1})
     save(mixed / "loose.png", rgb_array(9))
-    assert open_source(DataSpec(mixed)).kind == "folder"
+    # one stray image must not silently turn a labelled set into an unlabelled one
+    with pytest.raises(UserError, match=r"class folders and 1 image\(s\) outside them.*loose.png"):
+        open_source(DataSpec(mixed))
 
 
 @pytest.mark.parametrize("what", ["missing", "empty", "no-images", "suffix"])
@@ -375,66 +379,58 @@ def test_subset_size_must_be_positive(tmp_path: Path, size: int) -> None:
 # -------------------------------------------------------------------------------------------- image modes
 
 
-def _composite_on_background(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    rgba = Image.fromarray(np.dstack([rgb, alpha]))
-    background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
-    return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
-
-
-def _mode_cases(tmp_path: Path) -> list[tuple[Path, np.ndarray]]:
-    """(file in some mode, the RGB image it must be read as)."""
+def _mode_files(folder: Path) -> list[Path]:
+    """One file per Pillow mode a dataset meets, including the ones timm and a careful converter differ on."""
     rgb = rgb_array(11)
     gray = np.asarray(Image.fromarray(rgb).convert("L"))
     alpha = np.tile(np.linspace(0, 255, rgb.shape[1]).astype(np.uint8), (rgb.shape[0], 1))
     palette = Image.fromarray(rgb).convert("P")
-    cases = [
-        (save(tmp_path / "l.png", gray), np.dstack([gray] * 3)),
-        (save(tmp_path / "one.png", Image.fromarray(gray > 128)), np.dstack([(gray > 128) * 255] * 3)),
-        (save(tmp_path / "p.png", palette), np.asarray(palette.convert("RGB"))),
-        # TIFF keeps CMYK exactly; Pillow's RGB->CMYK->RGB is lossless
-        (save(tmp_path / "cmyk.tif", Image.fromarray(rgb).convert("CMYK")), rgb),
-        # 16-bit: v = 257 * u maps back to exactly u
-        (save(tmp_path / "i16.png", gray.astype(np.uint16) * 257), np.dstack([gray] * 3)),
-        (save(tmp_path / "i32.tif", gray.astype(np.int32) * 257), np.dstack([gray] * 3)),
-        (save(tmp_path / "rgba.png", np.dstack([rgb, alpha])), _composite_on_background(rgb, alpha)),
-        (save(tmp_path / "opaque.png", np.dstack([rgb, np.full_like(gray, 255)])), rgb),
-        (
-            save(tmp_path / "la.png", Image.fromarray(np.dstack([gray, alpha]), "LA")),
-            _composite_on_background(np.dstack([gray] * 3), alpha),
-        ),
+    index = int(np.asarray(palette)[0, 0])
+    return [
+        save(folder / "l.png", gray),
+        save(folder / "one.png", Image.fromarray(gray > 128)),
+        save(folder / "p.png", palette),
+        save(folder / "cmyk.tif", Image.fromarray(rgb).convert("CMYK")),
+        save(folder / "i16.png", gray.astype(np.uint16) * 257),  # 16-bit values
+        save(folder / "i32.tif", gray.astype(np.int32)),  # 32-bit integer TIFF holding 8-bit values
+        save(folder / "rgba.png", np.dstack([rgb, alpha])),
+        save(folder / "la.png", Image.fromarray(np.dstack([gray, alpha]), "LA")),
+        save(folder / "pt.gif", palette, transparency=index),
+        save(folder / "rgb.png", rgb),
     ]
-    transparent_p = palette.copy()
-    transparent_p.info["transparency"] = int(np.asarray(palette)[0, 0])
-    index = np.asarray(palette)
-    expect = np.asarray(palette.convert("RGB")).copy()
-    expect[index == index[0, 0]] = ALPHA_BACKGROUND
-    cases.append((save(tmp_path / "pt.gif", transparent_p, transparency=int(index[0, 0])), expect))
-    return cases
 
 
-def test_every_mode_reads_as_its_rgb_equivalent(tmp_path: Path) -> None:
-    cases = _mode_cases(tmp_path / "modes")
-    modes = {Image.open(p).mode for p, _ in cases}
-    assert {"L", "1", "P", "CMYK", "I;16", "I", "RGBA", "LA"} <= modes
+def test_every_mode_is_decoded_as_timms_dataset_decodes_it(tmp_path: Path) -> None:
+    """Pixels equal to timm's own ``create_dataset`` (ImageDataset: Image.open(...).convert("RGB"))."""
+    from timm.data import create_dataset
+
+    files = _mode_files(tmp_path / "modes")
+    modes = {p.name: Image.open(p).mode for p in files}
+    assert {"L", "1", "P", "CMYK", "I;16", "I", "RGBA", "LA", "RGB"} <= set(modes.values())
+    from timm.data import create_transform
+
+    timm_transform = create_transform(
+        input_size=PRE.input_size,
+        is_training=False,
+        interpolation=PRE.interpolation,
+        mean=PRE.mean,
+        std=PRE.std,
+        crop_pct=PRE.crop_pct,
+        crop_mode=PRE.crop_mode,
+    )
+    # timm finds .png/.jpg/.jpeg by default; its reader takes other extensions through input_key
+    dataset = create_dataset(
+        "", root=str(tmp_path / "modes"), transform=timm_transform, input_key=".png;.tif;.gif"
+    )
+    theirs = {Path(path).name: dataset[i][0].numpy() for i, (path, _) in enumerate(dataset.reader.samples)}
     source = open_source(DataSpec(tmp_path / "modes"))
-    batch = collect(source, batch_size=5)
-    transform = PRE.transform()
-    for path, expected in cases:
-        got = batch.images[batch.names.index(path.name)]
-        assert got.shape == (3, 32, 32) and got.dtype == np.float32
-        np.testing.assert_array_equal(
-            got, transform(Image.fromarray(expected.astype(np.uint8))), err_msg=path.name
-        )
-
-
-def test_to_rgb_palette_alpha_and_16_bit_scaling() -> None:
-    rgb = rgb_array(5, 8, 8)
-    pa = Image.fromarray(np.dstack([rgb, np.zeros(rgb.shape[:2], np.uint8)])).convert("PA")
-    assert pa.mode == "PA"
-    assert (np.asarray(to_rgb(pa)) == ALPHA_BACKGROUND).all()  # fully transparent -> background
-    ramp = Image.fromarray(np.array([[0, 128, 257, 65535]], dtype=np.uint16))
-    assert ramp.mode == "I;16"
-    assert np.asarray(to_rgb(ramp))[0, :, 0].tolist() == [0, 0, 1, 255]
+    batch = collect(source, batch_size=3)
+    assert sorted(batch.names) == sorted(theirs)
+    for name, expected in theirs.items():
+        np.testing.assert_array_equal(batch.images[batch.names.index(name)], expected, err_msg=name)
+    # the conversions are counted (the report lists them): every file but the RGB one
+    converted = {m: sum(1 for v in modes.values() if v == m) for m in set(modes.values()) if m != "RGB"}
+    assert source.conversions == converted
 
 
 # ---------------------------------------------------------------------------------------- corrupt files
@@ -679,3 +675,82 @@ def test_streaming_is_lazy_and_can_stop_early(tmp_path: Path) -> None:
     assert len(next(batches).names) == 4 and len(next(batches).names) == 4
     with pytest.raises(UserError, match=r"9-bad\.png"):
         next(batches)
+
+
+# ------------------------------------------------------------------------------------------- class order
+
+NUMBERED = {"1": 1, "2": 1, "10": 2, "11": 1, "9": 1, "class2": 1, "Class10": 1, "class1": 1}
+
+
+def _targets(reader_samples: list[tuple[str, int]], root: Path) -> dict[str, int]:
+    return {Path(p).relative_to(root).as_posix(): int(t) for p, t in reader_samples}
+
+
+def _ours(source: ImageSource) -> dict[str, int]:
+    assert source.labels is not None
+    return dict(zip(source.names, source.labels.tolist(), strict=True))
+
+
+def test_class_order_is_timms_natural_key(tmp_path: Path) -> None:
+    """Labels equal those of timm's own create_dataset (ImageFolder reader, natural_key order)."""
+    from timm.data import create_dataset
+
+    root = make_labelled(tmp_path / "val", NUMBERED)
+    dataset = create_dataset("", root=str(root))
+    source = open_source(DataSpec(root))
+    assert _ours(source) == _targets(dataset.reader.samples, root)
+    to_idx = dataset.reader.class_to_idx
+    assert source.class_names == tuple(sorted(to_idx, key=to_idx.__getitem__))
+    assert source.class_order == "natural"
+
+
+def test_lexical_class_order_is_torchvisions(tmp_path: Path) -> None:
+    from torchvision.datasets import ImageFolder
+
+    root = make_labelled(tmp_path / "val", NUMBERED)
+    folder = ImageFolder(str(root))
+    source = open_source(DataSpec(root, class_order="lexical"))
+    assert _ours(source) == _targets(folder.samples, root)
+    assert source.class_order == "lexical"
+    with pytest.raises(UserError, match="--class-order must be one of natural, lexical"):
+        open_source(DataSpec(root, class_order="sorted"))
+
+
+def test_class_list_file_is_timms_class_map(tmp_path: Path) -> None:
+    from timm.data import create_dataset
+
+    root = make_labelled(tmp_path / "val", NUMBERED)
+    order = ["class2", "11", "1", "Class10", "9", "10", "2", "class1", "unused"]
+    class_list = tmp_path / "classes.txt"
+    class_list.write_text("\n".join(order) + "\n")
+    dataset = create_dataset("", root=str(root), class_map=str(class_list))
+    source = open_source(DataSpec(root, class_list=class_list))
+    assert _ours(source) == _targets(dataset.reader.samples, root)
+    assert source.class_names == tuple(order) and source.class_order == "class-list"
+    class_list.write_text("1\n2\n")
+    with pytest.raises(UserError, match="class folder '10' is not in the class list"):
+        open_source(DataSpec(root, class_list=class_list))
+
+
+def test_label_beyond_any_class_index(tmp_path: Path) -> None:
+    save(tmp_path / "a.png", rgb_array(0))
+    (tmp_path / "val.txt").write_text(f"a.png {2**63}\n")
+    with pytest.raises(UserError, match=r"line 1: label \d+ is not a class index"):
+        open_source(DataSpec(tmp_path / "val.txt"))
+    np.savez(
+        tmp_path / "val.npz", images=np.zeros((1, 8, 8, 3), np.uint8), labels=np.array([2**63], np.uint64)
+    )
+    with pytest.raises(UserError, match="not class indices"):
+        open_source(DataSpec(tmp_path / "val.npz"))
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_preprocessed_pixels(tmp_path: Path, value: float) -> None:
+    images = np.zeros((3, *PRE.input_size), np.float32)
+    images[1, 0, 3, 4] = value
+    np.save(tmp_path / "calib.npy", images)
+    source = open_source(DataSpec(tmp_path / "calib.npy"))
+    with pytest.raises(UserError, match=r"calib.npy\[1\].*1 non-finite \(NaN/Inf\) value"):
+        collect(source)
+    skipping = open_source(DataSpec(tmp_path / "calib.npy", skip_bad=True))
+    assert len(collect(skipping).names) == 2 and skipping.skipped[0][0] == "calib.npy[1]"

@@ -7,6 +7,7 @@ The facebookresearch/LeViT checkpoint is rebuilt from that repository's ``levit.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import itertools
 import json
@@ -535,3 +536,125 @@ def test_pretrained_without_network_fails_fast(tmp_path: Path) -> None:
     assert result["error"] is not None, "pretrained weights loaded without a hub?"
     assert "--checkpoint" in result["error"]
     # No time bound here (machines are shared): the subprocess timeout above is the hang guard.
+
+
+# ---- facebookresearch/LeViT training checkpoints (main.py) --------------------------------------------
+
+
+def _levit_main_checkpoint(model: nn.Module, ema: nn.Module, path: Path) -> Path:
+    """A checkpoint laid out as facebookresearch/LeViT's main.py saves it after each epoch.
+
+    main.py: ``utils.save_on_master({'model': model_without_ddp.state_dict(), 'optimizer':
+    optimizer.state_dict(), 'lr_scheduler': lr_scheduler.state_dict(), 'epoch': epoch, 'model_ema':
+    get_state_dict(model_ema), 'scaler': loss_scaler.state_dict(), 'args': args}, checkpoint_path)``,
+    with ``args`` the argparse.Namespace of its parser (defaults as in main.py's get_args_parser).
+    """
+    from timm.scheduler import CosineLRScheduler
+
+    weights = facebook_state_dict(model)
+    params = [torch.nn.Parameter(v.clone()) for k, v in weights.items() if v.is_floating_point()]
+    optimizer = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.025)
+    sum(p.sum() for p in params).backward()  # one step, so the optimizer state holds tensors
+    optimizer.step()
+    scheduler = CosineLRScheduler(optimizer, t_initial=1000, lr_min=1e-5, warmup_t=5, warmup_lr_init=1e-6)
+    args = argparse.Namespace(
+        batch_size=256, epochs=1000, model="LeViT_128S", input_size=224, model_ema=True,
+        model_ema_decay=0.99996, model_ema_force_cpu=True, opt="adamw", opt_eps=1e-8, opt_betas=None,
+        clip_grad=0.01, clip_mode="agc", momentum=0.9, weight_decay=0.025, sched="cosine", lr=5e-4,
+        lr_noise=None, smoothing=0.1, repeated_aug=True, teacher_model="regnety_160",
+        distillation_type="hard", distillation_alpha=0.5, distillation_tau=1.0, finetune="",
+        data_path="/datasets01/imagenet_full_size/061417/", data_set="IMNET", output_dir="out",
+        device="cuda", seed=0, resume="", start_epoch=0, eval=False, dist_eval=False, num_workers=10,
+        pin_mem=True, world_size=1, dist_url="env://", nb_classes=CLASSES, distributed=False,
+    )  # fmt: skip
+    torch.save(
+        {
+            "model": weights,
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": scheduler.state_dict(),
+            "epoch": 41,
+            "model_ema": facebook_state_dict(ema),
+            "scaler": {
+                "scale": 65536.0,
+                "growth_factor": 2.0,
+                "backoff_factor": 0.5,
+                "growth_interval": 2000,
+                "_growth_tracker": 0,
+            },
+            "args": args,
+        },
+        path,
+    )
+    return path
+
+
+def test_levit_main_checkpoint_loads_model_by_default(tmp_path: Path) -> None:
+    """args (a Namespace) is allowed in weights-only loading; 'model' is exported, as LeViT evaluates it."""
+    model = random_levit("levit_128s", CLASSES, None, seed=11)
+    ema = random_levit("levit_128s", CLASSES, None, seed=12)
+    path = _levit_main_checkpoint(model, ema, tmp_path / "checkpoint.pth")
+    x = random_images(2, 224, seed=13)
+    loaded = load_model(ModelSpec("levit_128s", checkpoint=path))
+    assert loaded.checkpoint_format == "facebookresearch"
+    assert loaded.checkpoint_key == "model"
+    assert loaded.weight_sets == ("model", "model_ema")
+    assert torch.equal(logits(loaded.model, x), logits(model, x))
+    chosen = load_model(ModelSpec("levit_128s", checkpoint=path, checkpoint_key="model_ema"))
+    assert chosen.checkpoint_key == "model_ema"
+    assert torch.equal(logits(chosen.model, x), logits(ema, x))
+    with pytest.raises(UserError, match=r"no weight set 'state_dict_ema' \(weight sets: model, model_ema\)"):
+        load_model(ModelSpec("levit_128s", checkpoint=path, checkpoint_key="state_dict_ema"))
+
+
+def test_namespace_allowed_but_nothing_else(tmp_path: Path, source: nn.Module) -> None:
+    path = tmp_path / "evil.pth"
+    _MARKER.unlink(missing_ok=True)
+    torch.save({"model": _state(source), "args": argparse.Namespace(hook=Sneaky())}, path)
+    with pytest.raises(UserError, match="arbitrary unpickling"):
+        _load(path)
+    assert not _MARKER.exists()
+
+
+# ---- tensors that cannot be weights -------------------------------------------------------------------
+
+
+def _broken(source: nn.Module, how: str) -> dict[str, torch.Tensor]:
+    state = dict(_state(source))
+    key = "stages.0.blocks.0.attn.qkv.linear.weight"
+    weight = state[key]
+    if how == "nan":
+        weight[0, 0] = float("nan")
+    elif how == "inf":
+        weight[1, 2] = float("-inf")
+    elif how == "bool":
+        state[key] = weight > 0
+    elif how == "int8":
+        state[key] = (weight * 100).to(torch.int8)
+    elif how == "meta":
+        state[key] = torch.empty(weight.shape, device="meta")
+    elif how == "sparse":
+        state[key] = weight.to_sparse()
+    return state
+
+
+@pytest.mark.parametrize(
+    ("how", "match"),
+    [
+        ("nan", r"qkv.linear.weight has 1 non-finite value\(s\) \(NaN/Inf\)"),
+        ("inf", r"qkv.linear.weight has 1 non-finite value\(s\) \(NaN/Inf\)"),
+        ("bool", r"qkv.linear.weight is bool, expected floating point"),
+        ("int8", r"qkv.linear.weight is int8, expected floating point"),
+        ("meta", r"qkv.linear.weight is a meta tensor"),
+        ("sparse", r"qkv.linear.weight is a torch.sparse_coo tensor"),
+    ],
+)
+def test_tensors_that_cannot_be_weights(tmp_path: Path, source: nn.Module, how: str, match: str) -> None:
+    state = _broken(source, how)
+    path = tmp_path / "w.pth"
+    torch.save(state, path)
+    with pytest.raises(UserError, match=match):
+        _load(path)
+    if how in ("nan", "int8", "bool"):  # safetensors holds dense tensors with data only
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "w.safetensors")
+        with pytest.raises(UserError, match=match):
+            _load(tmp_path / "w.safetensors")

@@ -12,6 +12,12 @@ import onnxruntime as ort
 from levit_edge.backends.base import Runner
 from levit_edge.errors import UserError
 
+# ONNX Runtime's telemetry is on by default where the platform supports it; this tool must make no
+# network access of its own. levit_edge/__init__.py sets ORT_DISABLE_TELEMETRY (which stops the native
+# uploader); telemetry events are switched off here too, before any session exists, and again, cheaply,
+# in ``session_options`` (the setting is process-wide: nothing may turn it back on unnoticed).
+ort.disable_telemetry_events()
+
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -30,6 +36,7 @@ def session_options(
     and ONNX Runtime session config entries (e.g. ``{"session.intra_op.allow_spinning": "0"}``)."""
     if optimization not in _LEVELS:
         raise UserError(f"unknown graph optimization level '{optimization}'; use one of {', '.join(_LEVELS)}")
+    ort.disable_telemetry_events()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = _LEVELS[optimization]
     opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
@@ -51,6 +58,7 @@ def load_session(
 ) -> ort.InferenceSession:
     """Create a CPU inference session; an unloadable model is a user error naming the file."""
     source = model if isinstance(model, bytes) else str(model)
+    ort.disable_telemetry_events()
     try:
         return ort.InferenceSession(
             source,
@@ -64,7 +72,11 @@ def load_session(
 
 
 class OnnxRuntimeRunner(Runner):
-    """Runs an ONNX model with ONNX Runtime's CPU execution provider."""
+    """Runs an ONNX model with ONNX Runtime's CPU execution provider.
+
+    A model exported with a fixed batch (``--batch N``) declares it as ``batch_range``: ``Runner.infer``
+    then feeds it exactly N images per call (chunked, a short last chunk padded, the padding dropped).
+    """
 
     name = "onnxruntime"
 

@@ -40,7 +40,11 @@ def _threads(requested: int | None, used: int | None) -> str:
 @output_options
 def bench_cli(
     run_dir: Path = typer.Argument(..., help="A run directory written by 'levit-edge export'."),
-    batches: str = typer.Option("1,16", "--batches", help="Comma-separated batch sizes."),
+    batches: str | None = typer.Option(
+        None,
+        "--batches",
+        help="Comma-separated batch sizes [default: 1,16; a --batch N model: N].",
+    ),
     threads: str = typer.Option(
         "all", "--threads", help="Comma-separated thread counts ('all' = every core)."
     ),
@@ -73,8 +77,15 @@ def bench_cli(
         skipped_variants,
         time_variants,
     )
+    from levit_edge.pipeline import FP32_FILE, fixed_batch_of
 
-    batch_values = tuple(b for b in _ints(batches, "--batches") if b is not None)
+    fixed = fixed_batch_of(run_dir / FP32_FILE) if (run_dir / FP32_FILE).is_file() else None
+    batch_values = tuple(b for b in _ints(batches or "1,16", "--batches") if b is not None)
+    if fixed is not None:
+        # the model takes exactly that batch: any other size would not run (or time a padded call)
+        if batches is not None and batch_values != (fixed,):
+            raise UserError(f"{run_dir} was exported with --batch {fixed}: --batches can only be {fixed}")
+        batch_values = (fixed,)
     settings = BenchSettings(
         batches=batch_values,
         threads=_ints(threads, "--threads", allow_all=True),

@@ -33,6 +33,12 @@ def export_cli(
         "-c",
         help="Weights: timm/training state_dict, safetensors or facebookresearch LeViT.",
     ),
+    checkpoint_key: str | None = typer.Option(
+        None,
+        "--checkpoint-key",
+        help="Weight set of a training checkpoint (model, model_ema, state_dict_ema, ...) "
+        "[default: the checkpoint project's own choice].",
+    ),
     num_classes: int | None = typer.Option(
         None, "--num-classes", help="Classifier size (default: from the checkpoint)."
     ),
@@ -63,6 +69,25 @@ def export_cli(
     ),
     exclude: Path | None = typer.Option(
         None, "--exclude", help="List of image names to leave out of validation.", rich_help_panel=_DATA
+    ),
+    class_order: str | None = typer.Option(
+        None,
+        "--class-order",
+        help="Class folder order: natural (timm: 1, 2, 10) | lexical (torchvision: 1, 10, 2) "
+        "[default: natural].",
+        rich_help_panel=_DATA,
+    ),
+    class_list: Path | None = typer.Option(
+        None,
+        "--class-list",
+        help="Class names, one per line, line i = class i (wins over --class-order).",
+        rich_help_panel=_DATA,
+    ),
+    allow_chance_accuracy: bool | None = typer.Option(
+        None,
+        "--allow-chance-accuracy/--no-allow-chance-accuracy",
+        help="Accept labelled FP32 top-1 at or below chance (otherwise exit 1: labels do not fit).",
+        rich_help_panel=_DATA,
     ),
     skip_bad: bool | None = typer.Option(
         None,
@@ -164,7 +189,7 @@ def export_cli(
 
     cfg: dict[str, Any] = load_config(config) if config else {}
     options = {**cfg, **{k: v for k, v in flags.items() if v is not None}}  # flag > config > default
-    job = export_job(options, command=("levit-edge", *sys.argv[1:]))
+    job = export_job(options, command=("levit-edge", *sys.argv[1:]), config=config)
     with RichHooks(lines=job.fallback.enabled) as hooks:
         result = run_export(job, hooks)
     summary(describe_result(result), result_document(result))

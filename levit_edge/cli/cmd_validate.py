@@ -34,6 +34,15 @@ def validate_cli(
         EXPORT_DEFAULTS["batch_size"], "--batch-size", help="Validation batch size."
     ),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
+    class_order: str = typer.Option(
+        "natural", "--class-order", help="Class folder order: natural (timm: 1, 2, 10) | lexical (1, 10, 2)."
+    ),
+    class_list: Path | None = typer.Option(
+        None, "--class-list", help="Class names, one per line, line i = class i (wins over --class-order)."
+    ),
+    allow_chance_accuracy: bool = typer.Option(
+        False, "--allow-chance-accuracy", help="Accept labelled FP32 top-1 at or below chance."
+    ),
 ) -> None:
     """Re-validate every model of a run on a validation set; update its reports and manifest.
 
@@ -44,12 +53,12 @@ def validate_cli(
     from levit_edge.pipeline import validate_run
     from levit_edge.settings import GateSettings, RuntimeSettings
 
-    spec = DataSpec(val, data_root, None, 0, skip_bad, exclude)
+    spec = DataSpec(val, data_root, None, 0, skip_bad, exclude, class_order, class_list)
     with RichHooks() as hooks:
         result = validate_run(
             run_dir,
             spec,
-            GateSettings(max_drop),
+            GateSettings(max_drop, allow_chance=allow_chance_accuracy),
             RuntimeSettings(batch_size=batch_size, threads=threads),
             hooks,
         )

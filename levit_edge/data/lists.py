@@ -90,7 +90,11 @@ def write_calibration_list(
         f"levit-edge calibration list: {len(entries)} of {len(names)} images of {source_dir.name}/ "
         f"({how}, seed {seed})\n"
         "paths are relative to that folder: pass it as data_root"
-        + ("\nlabels index the sorted class folder names" if labels is not None else "")
+        + (
+            "\nlabels index the class folders in timm's natural order (1, 2, 10)"
+            if labels is not None
+            else ""
+        )
     )
     try:
         text = format_list(entries, header=header)

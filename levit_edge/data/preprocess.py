@@ -18,44 +18,24 @@ from PIL import Image
 
 from levit_edge.errors import UserError
 
-__all__ = ["ALPHA_BACKGROUND", "CROP_MODES", "INTERPOLATIONS", "PreprocessConfig", "to_rgb"]
+__all__ = ["CROP_MODES", "INTERPOLATIONS", "PreprocessConfig", "to_rgb"]
 
 # The names timm's eval transform accepts (timm.data.transforms.str_to_interp_mode, transforms_imagenet_eval).
 INTERPOLATIONS = frozenset({"nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"})
 CROP_MODES = frozenset({"center", "squash", "border"})
 
-# Transparent pixels are composited on white: images with an alpha channel are mostly product shots and
-# logos meant to be seen on a (white) page, and ImageNet photographs such objects on light backgrounds.
-# A plain ``convert("RGB")`` would expose whatever colour the encoder left under alpha=0 (often black).
-ALPHA_BACKGROUND = (255, 255, 255)
-
 _KEYS = ("input_size", "mean", "std", "crop_pct", "interpolation", "crop_mode")
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL image to 8-bit RGB.
+    """Convert any PIL image to 8-bit RGB exactly as timm's datasets do: ``image.convert("RGB")``.
 
-    Grayscale, bilevel, palette and CMYK use Pillow's conversion (ICC profiles are ignored, as in timm and
-    torchvision). 16-bit and 32-bit integer grayscale (``I;16*``, ``I``) is scaled to 8 bits (0..65535 ->
-    0..255, rounded) instead of Pillow's clipping, which would turn most of the image white. Images with
-    alpha (``RGBA``, ``LA``, ``PA``, premultiplied modes, palette/grayscale with a transparency key) are
-    composited on ``ALPHA_BACKGROUND`` (white).
+    timm's ``ImageDataset`` (behind ``create_dataset`` and its train/validate scripts) opens every file
+    with Pillow and converts it to RGB, so a model trained and validated with timm saw these pixels:
+    alpha is dropped (not composited), 16/32-bit integer images are clipped to 0..255, palette and CMYK
+    use Pillow's conversion. Doing anything cleverer would validate on pixels the model never saw.
     """
-    mode = image.mode
-    if mode == "RGB" and "transparency" not in image.info:
-        return image
-    if mode in _SIXTEEN_BIT_MODES:
-        # "I" is 32-bit signed, but Pillow only produces it from 16-bit sources in practice (older 16-bit
-        # PNG decoding, TIFF), so it is read as 16-bit too.
-        values = np.asarray(image, dtype=np.float64)
-        eight_bit = np.rint(np.clip(values, 0, 65535) / 257.0).astype(np.uint8)
-        return Image.fromarray(eight_bit).convert("RGB")
-    if "A" in mode or "a" in mode or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _triple(d: Mapping[str, Any], key: str, kind: type) -> tuple[Any, Any, Any]:

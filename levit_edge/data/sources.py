@@ -14,6 +14,7 @@ import json
 import os
 import re
 import stat
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,7 @@ IMAGE_EXTENSIONS = frozenset(
 _LABELLED_LINE = re.compile(r"(?P<path>.*?)\s+(?P<label>-?[0-9]+)")
 _DRIVE = re.compile(r"[A-Za-z]:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LABEL_LIMIT = 2**31  # no classifier has this many classes; also keeps labels far inside int64
 
 
 # --------------------------------------------------------------------------------------------- list files
@@ -98,6 +100,8 @@ def parse_list(text: str, origin: str = "<list>") -> list[ListEntry]:
             path, label = match["path"], int(match["label"])
             if label < 0:
                 raise UserError(f"{where}: label {label} is negative (expected 'path [class index]')")
+            if label >= _LABEL_LIMIT:
+                raise UserError(f"{where}: label {label} is not a class index (too large)")
         else:
             path = line
         problem = _check_relative(path)
@@ -166,6 +170,11 @@ class DataSpec:
     seed: int = 0
     skip_bad: bool = False
     exclude: Path | None = None  # list file of names (basenames) to leave out
+    # class index of a class-per-folder set: "natural" (timm's natural_key, as timm's train/validate
+    # scripts and ImageFolder reader order them: 1, 2, 10) or "lexical" (torchvision's ImageFolder: 1,
+    # 10, 2); a class list file (one class name per line, line i = class i, as timm's class_map) wins
+    class_order: str = "natural"
+    class_list: Path | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -209,6 +218,9 @@ class ImageSource(ABC):
     kind: str  # "folder", "labelled-folder", "list", "array"
     path: Path
     class_names: tuple[str, ...] | None = None
+    # how class indices were assigned: "natural", "lexical", "class-list", "array" (the .npz's own
+    # class_names) or "list-file" (labels given per line); None when unlabelled
+    class_order: str | None = None
     excluded: int = 0  # items dropped by DataSpec.exclude
 
     def __init__(self, path: Path, skip_bad: bool) -> None:
@@ -217,6 +229,9 @@ class ImageSource(ABC):
         # (name, reason) of unreadable items left out with skip_bad; refilled by each batches() pass
         self.skipped: list[tuple[str, str]] = []
         self._skipped_at_open: list[tuple[str, str]] = []
+        # image mode -> how many files of the last batches() pass were converted from it to RGB
+        self.conversions: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     @property
     @abstractmethod
@@ -261,6 +276,7 @@ class ImageSource(ABC):
         self, load: Callable[[int], np.ndarray], batch_size: int, workers: int
     ) -> Generator[Batch, None, None]:
         self.skipped[:] = self._skipped_at_open
+        self.conversions.clear()
         names, labels = self.names, self.labels
 
         def attempt(i: int) -> np.ndarray | _Failure:
@@ -393,6 +409,9 @@ class _FileSource(ImageSource):
         def load(i: int) -> np.ndarray:
             with open_regular(self._file(i)) as f, Image.open(f) as image:
                 image.load()  # decode fully here, so truncated files fail now and are named
+                if image.mode != "RGB":
+                    with self._lock:
+                        self.conversions[image.mode] = self.conversions.get(image.mode, 0) + 1
                 return transform(image)
 
         return load
@@ -423,19 +442,82 @@ def _read_exclude(path: Path | None) -> frozenset[str]:
     return frozenset(PurePosixPath(e.path).name for e in read_list_file(Path(path)))
 
 
+CLASS_ORDERS = ("natural", "lexical")
+
+
+def _natural_key(name: str) -> list[int | str]:
+    from timm.utils.misc import natural_key
+
+    key: list[int | str] = natural_key(name)
+    return key
+
+
+def read_class_list(path: Path) -> tuple[str, ...]:
+    """Class names, one per line, line i naming class i (timm's ``class_map`` .txt format)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8-sig").split("\n")
+    except FileNotFoundError:
+        raise UserError(f"class list not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read class list {path}: {e}") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    names = [line.strip() for line in lines]
+    seen: dict[str, int] = {}
+    for lineno, name in enumerate(names, start=1):
+        if not name:
+            raise UserError(f"class list {path} line {lineno}: empty class name")
+        if name in seen:
+            raise UserError(f"class list {path} line {lineno}: class {name!r} repeats line {seen[name]}")
+        seen[name] = lineno
+    if not names:
+        raise UserError(f"class list {path} names no classes")
+    return tuple(names)
+
+
+def _order_classes(spec: DataSpec, folders: list[str], path: Path) -> tuple[tuple[str, ...], str]:
+    if spec.class_list is not None:
+        names = read_class_list(Path(spec.class_list))
+        unknown = [f for f in folders if f not in set(names)]
+        if unknown:
+            raise UserError(
+                f"{path}: class folder {unknown[0]!r} is not in the class list {spec.class_list} "
+                f"({len(unknown)} folder(s) not listed)"
+            )
+        return names, "class-list"
+    if spec.class_order == "lexical":
+        return tuple(sorted(folders)), "lexical"
+    return tuple(sorted(folders, key=_natural_key)), "natural"
+
+
 def _open_folder(spec: DataSpec, path: Path) -> ImageSource:
     names = _scan_folder(path)
     if not names:
         raise UserError(f"no images found in {path} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     subdirs = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    depth = [name.count("/") for name in names]
     # ImageNet-val layout: every image exactly one level down, in one of >= 2 class folders.
-    labelled = len(subdirs) >= 2 and all(name.count("/") == 1 for name in names)
-    class_names = tuple(subdirs) if labelled else None
-    class_index = {c: i for i, c in enumerate(subdirs)}
-    labels = [class_index[n.split("/", 1)[0]] for n in names] if labelled else None
-    return _finish_files(
+    labelled = len(subdirs) >= 2 and all(d == 1 for d in depth)
+    if len(subdirs) >= 2 and 1 in depth and all(d <= 1 for d in depth) and not labelled:
+        # class folders plus a few loose images at the top: labels would silently be dropped
+        stray = [n for n, d in zip(names, depth, strict=True) if d == 0]
+        raise UserError(
+            f"{path} has class folders and {len(stray)} image(s) outside them (e.g. {stray[0]!r}): "
+            "move or remove them, or pass a list file"
+        )
+    labels = None
+    class_names: tuple[str, ...] | None = None
+    order: str | None = None
+    if labelled:
+        folders = sorted({n.split("/", 1)[0] for n in names})
+        class_names, order = _order_classes(spec, folders, path)
+        class_index = {c: i for i, c in enumerate(class_names)}
+        labels = [class_index[n.split("/", 1)[0]] for n in names]
+    source = _finish_files(
         spec, "labelled-folder" if labelled else "folder", path, path, names, labels, class_names
     )
+    source.class_order = order
+    return source
 
 
 def _open_list(spec: DataSpec, path: Path) -> ImageSource:
@@ -447,7 +529,15 @@ def _open_list(spec: DataSpec, path: Path) -> ImageSource:
         raise UserError(f"data root is not a folder: {root}")
     names = [e.path for e in entries]
     labels = [e.label for e in entries if e.label is not None] if entries[0].label is not None else None
-    return _finish_files(spec, "list", path, root, names, labels, None)
+    class_names = read_class_list(Path(spec.class_list)) if spec.class_list is not None else None
+    if class_names is not None and labels is not None and max(labels) >= len(class_names):
+        raise UserError(
+            f"list file {path}: label {max(labels)} is beyond the {len(class_names)} classes of "
+            f"{spec.class_list}"
+        )
+    source = _finish_files(spec, "list", path, root, names, labels, class_names)
+    source.class_order = None if labels is None else ("class-list" if class_names else "list-file")
+    return source
 
 
 def _finish_files(
@@ -547,7 +637,15 @@ class _ArraySource(ImageSource):
                     f"{self.path}: preprocessed images are {tuple(images.shape[1:])}, "
                     f"but the model expects {tuple(preprocess.input_size)}"
                 )
-            return lambda i: np.asarray(images[index[i]], dtype=np.float32)
+
+            def load(i: int) -> np.ndarray:
+                image = np.asarray(images[index[i]], dtype=np.float32)
+                if not np.isfinite(image).all():
+                    # one NaN/Inf pixel poisons calibration ranges and scores a meaningless logit
+                    raise ValueError(f"{int((~np.isfinite(image)).sum())} non-finite (NaN/Inf) value(s)")
+                return image
+
+            return load
         transform = preprocess.transform()
         return lambda i: transform(Image.fromarray(np.asarray(images[index[i]])))
 
@@ -597,11 +695,15 @@ def _open_array(spec: DataSpec, path: Path) -> ImageSource:
             )
         if (labels < 0).any():
             raise UserError(f"{path}: 'labels' contains negative class indices")
+        if (labels >= _LABEL_LIMIT).any():
+            raise UserError(f"{path}: 'labels' contains values that are not class indices (>= 2**31)")
         if class_names is not None and (labels >= len(class_names)).any():
             raise UserError(f"{path}: 'labels' has class indices beyond the {len(class_names)} class names")
         labels = labels.astype(np.int64)
     index = random_subset(len(images), spec.size, spec.seed)
-    return _ArraySource(path, images, index, labels, class_names, spec.skip_bad)
+    source = _ArraySource(path, images, index, labels, class_names, spec.skip_bad)
+    source.class_order = None if labels is None else "array"
+    return source
 
 
 # -------------------------------------------------------------------------------------------- entry point
@@ -614,6 +716,8 @@ def open_source(spec: DataSpec) -> ImageSource:
         raise UserError(f"subset size must be a positive number of images, got {spec.size}")
     if spec.seed < 0:
         raise UserError(f"seed must be >= 0, got {spec.seed}")
+    if spec.class_order not in CLASS_ORDERS:
+        raise UserError(f"--class-order must be one of {', '.join(CLASS_ORDERS)}, got '{spec.class_order}'")
     if not path.exists():
         raise UserError(f"data path not found: {path}")
     if path.is_dir():

@@ -14,8 +14,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -207,21 +210,37 @@ def _merge_heads(head: nn.Module, head_dist: nn.Module | None) -> nn.Module:
     return merged
 
 
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    # timm's fuse() builds new Linear/Conv2d modules in the default dtype and copies the folded weights in
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
 def fuse_levit(model: nn.Module) -> FusedLevit:
-    """Return a new eval-mode, fused copy of a timm LeViT; the input model is left untouched."""
+    """Return a new eval-mode, fused copy of a timm LeViT; the input model is left untouched.
+
+    A float64 model is folded in float64 (the reference of :func:`check_fusion`); any other dtype in fp32.
+    """
     if not isinstance(model, Levit):
         raise UserError(f"fusion needs a timm LeViT, got {type(model).__name__}")
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
-    # timm's fused modules are created on the CPU in fp32: fuse there, then move back.
-    work: Any = reparameterize_model(copy.deepcopy(model).float().cpu().eval(), inplace=True)
-    for parent in list(work.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, AttentionDownsample):
-                setattr(parent, name, StaticAttentionDownsample(child))
-            elif isinstance(child, Attention):
-                setattr(parent, name, StaticAttention(child))
-    fused = FusedLevit(work).eval()
+    work_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    # timm's fused modules are created on the CPU in the default dtype: fuse there, then move back.
+    with _default_dtype(work_dtype):
+        work: Any = reparameterize_model(copy.deepcopy(model).to(work_dtype).cpu().eval(), inplace=True)
+        for parent in list(work.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, AttentionDownsample):
+                    setattr(parent, name, StaticAttentionDownsample(child))
+                elif isinstance(child, Attention):
+                    setattr(parent, name, StaticAttention(child))
+        fused = FusedLevit(work).eval()
     for p in fused.parameters():
         p.requires_grad_(False)
     return fused.to(device=device, dtype=dtype)
@@ -229,9 +248,9 @@ def fuse_levit(model: nn.Module) -> FusedLevit:
 
 def max_relative_diff(reference: torch.Tensor, other: torch.Tensor) -> float:
     """Largest absolute difference divided by the reference's value range (the parity measure)."""
-    ref = reference.detach().float()
+    ref = reference.detach().double()  # float64: a float64 comparison must not round to fp32
     span = float(ref.max() - ref.min()) or 1.0
-    return float((ref - other.detach().float()).abs().max()) / span
+    return float((ref - other.detach().double()).abs().max()) / span
 
 
 def check_parity(model: nn.Module, fused: nn.Module, images: torch.Tensor, tol: float = 1e-4) -> float:
@@ -248,4 +267,71 @@ def check_parity(model: nn.Module, fused: nn.Module, images: torch.Tensor, tol: 
     return diff
 
 
-__all__ = ["FusedLevit", "check_parity", "fuse_levit", "max_relative_diff"]
+@dataclass(frozen=True)
+class FusionParity:
+    """How far the fused model is from the original, as fractions of the reference logit range.
+
+    ``float64`` checks the fusion itself (both folded and run in float64: only a wrong fold differs);
+    ``fused_fp32`` is the exported fp32 fused model against that float64 reference, and
+    ``original_fp32`` the unfused fp32 model against it: an ill-conditioned checkpoint shows a large
+    fp32 deviation in both, which is the model's, not the fusion's.
+    """
+
+    float64: float
+    fused_fp32: float
+    original_fp32: float
+
+    def to_dict(self) -> dict[str, float]:
+        """The report's ``parity`` keys (``torch_fused_vs_timm`` is measured in float64)."""
+        return {
+            "torch_fused_vs_timm": self.float64,
+            "torch_fused_fp32_vs_float64": self.fused_fp32,
+            "timm_fp32_vs_float64": self.original_fp32,
+        }
+
+
+FUSION_TOL = 1e-6  # float64 fold vs float64 original; a correct fold is ~1e-12 even when ill-conditioned
+
+
+def check_fusion(
+    model: nn.Module,
+    fused: nn.Module,
+    images: torch.Tensor,
+    tol: float = FUSION_TOL,
+    fuser: Callable[[nn.Module], nn.Module] | None = None,
+) -> FusionParity:
+    """Check fusion against a float64 reference; UserError (one line) on a real mismatch.
+
+    ``fuser`` (default :func:`fuse_levit`) is applied to the float64 copy of ``model``: the check is of
+    the fusion procedure, in a precision where an ill-conditioned checkpoint cannot hide a wrong fold.
+    """
+    model.eval()
+    reference = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        ref = reference(images.double())
+        fused64 = (fuser or fuse_levit)(reference)
+        out64 = fused64(images.double())
+        fused32 = fused(images.to(next(fused.parameters()).dtype))
+        orig32 = model(images.to(next(model.parameters()).dtype))
+    if not bool(torch.isfinite(ref).all()):
+        raise UserError("the model's logits are not finite (NaN/Inf) on the parity images: broken weights")
+    parity = FusionParity(
+        max_relative_diff(ref, out64), max_relative_diff(ref, fused32), max_relative_diff(ref, orig32)
+    )
+    if not parity.float64 <= tol:
+        raise UserError(
+            f"fused model differs from the original by {parity.float64:.3g} of the logit range in float64 "
+            f"(> {tol:g}): this LeViT does not fuse correctly (unsupported architecture variant?)"
+        )
+    return parity
+
+
+__all__ = [
+    "FUSION_TOL",
+    "FusedLevit",
+    "FusionParity",
+    "check_fusion",
+    "check_parity",
+    "fuse_levit",
+    "max_relative_diff",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import pickle
@@ -9,7 +10,7 @@ import re
 import socket
 import warnings
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,13 @@ class ModelSpec:
     num_classes: int | None = None
     img_size: int | None = None
     pretrained: bool = False
+    # which weight set of a training checkpoint to export ("model", "model_ema", "state_dict_ema", ...);
+    # None: the checkpoint's own project's choice (see read_weights)
+    checkpoint_key: str | None = None
 
     def __post_init__(self) -> None:
+        if self.checkpoint_key is not None and self.checkpoint is None:
+            raise UserError("--checkpoint-key picks a weight set inside --checkpoint: pass --checkpoint too")
         names = levit_names()
         if self.name not in names:
             raise UserError(f"'{self.name}' is not a timm LeViT; valid names: {', '.join(names)}")
@@ -63,6 +69,8 @@ class LoadedModel:
     checkpoint_sha256: str | None
     checkpoint_format: str  # "random-init", "timm-pretrained", "state_dict", "training:<key>", ...
     num_classes: int
+    checkpoint_key: str | None = None  # the weight set exported from a training checkpoint
+    weight_sets: tuple[str, ...] = ()  # every weight set the checkpoint holds
 
 
 def create_levit(name: str, num_classes: int = 1000, img_size: int | None = None) -> nn.Module:
@@ -78,8 +86,34 @@ def create_levit(name: str, num_classes: int = 1000, img_size: int | None = None
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+@dataclass(frozen=True)
+class Weights:
+    """A flat state_dict read from a checkpoint, and which of the file's weight sets it is."""
+
+    state: dict[str, torch.Tensor]
+    format: str
+    key: str | None
+    weight_sets: tuple[str, ...]
+
+
+def read_checkpoint(path: Path, key: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """Read a checkpoint file safely and unwrap it to a flat state_dict; returns (state, format)."""
+    weights = read_weights(path, key)
+    return weights.state, weights.format
+
+
+# Allowed in weights-only loading besides tensors and containers: facebookresearch/LeViT's (and DeiT's)
+# main.py saves its argparse.Namespace under "args" in every checkpoint. Nothing else is unpickled.
+_SAFE_GLOBALS: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [argparse.Namespace]
+
+
+def read_weights(path: Path, key: str | None = None) -> Weights:
+    """Read a checkpoint file safely and unwrap it to one flat state_dict.
+
+    ``key`` picks the weight set of a training checkpoint. Without it, a facebookresearch/LeViT (or DeiT)
+    training checkpoint (``model`` beside ``args``/``optimizer``/``epoch``) gives ``model``, as their
+    ``main.py`` evaluates it; other layouts follow timm's loader (EMA weights first).
+    """
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
     if not path.is_file():
@@ -91,11 +125,14 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], str]:
         from safetensors.torch import load_file
 
         try:
-            return dict(load_file(str(path), device="cpu")), "safetensors"
+            state = dict(load_file(str(path), device="cpu"))
         except (SafetensorError, OSError, ValueError) as exc:
             raise UserError(f"cannot read safetensors checkpoint {path}: {exc}") from None
+        if key is not None:
+            raise UserError(f"--checkpoint-key {key}: {path} is a safetensors file with one weight set")
+        return Weights(state, "safetensors", None, ())
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_SAFE_GLOBALS):
             # e.g. "Detected pickle protocol 4": stderr carries only the one error line (if any)
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -119,11 +156,43 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], str]:
             f"cannot read checkpoint {path}: not a PyTorch checkpoint (corrupt or another format; "
             f"{type(exc).__name__})"
         ) from None
-    return _unwrap(obj, path)
+    return _unwrap(obj, path, key)
 
 
-def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], str]:
-    fmt = "state_dict"
+def _weight_sets(obj: object) -> tuple[str, ...]:
+    if not isinstance(obj, Mapping):
+        return ()
+    return tuple(str(k) for k, v in obj.items() if isinstance(v, Mapping) and _is_state_dict(v))
+
+
+def _project_default(obj: Mapping[object, object]) -> str | None:
+    """facebookresearch/LeViT and DeiT training checkpoints: their main.py evaluates "model"."""
+    if not isinstance(obj.get("model"), Mapping):
+        return None
+    if isinstance(obj.get("args"), argparse.Namespace) or {"optimizer", "epoch"} <= set(obj):
+        return "model"
+    return None
+
+
+def _unwrap(obj: object, path: Path, key: str | None = None) -> Weights:
+    sets = _weight_sets(obj)
+    if key is not None:
+        if key not in sets:
+            raise UserError(
+                f"--checkpoint-key {key}: {path} has no weight set '{key}' "
+                f"(weight sets: {', '.join(sets) or 'none'})"
+            )
+        assert isinstance(obj, Mapping)
+        state, fmt = _flatten(obj[key], path, f"training:{key}")
+        return Weights(state, fmt, key, sets)
+    if isinstance(obj, Mapping) and (default := _project_default(obj)) is not None:
+        state, fmt = _flatten(obj[default], path, f"training:{default}")
+        return Weights(state, fmt, default, sets)
+    state, fmt = _flatten(obj, path, "state_dict")
+    return Weights(state, fmt, fmt.removeprefix("training:") if fmt != "state_dict" else None, sets)
+
+
+def _flatten(obj: object, path: Path, fmt: str) -> tuple[dict[str, torch.Tensor], str]:
     # A wrapper key wins even beside top-level tensors (e.g. the PyTorch ImageNet example's best_acc1).
     seen: set[int] = set()  # a pickle can hold a dict that contains itself
     while isinstance(obj, Mapping) and (not _is_state_dict(obj) or _wrapper_key(obj) is not None):
@@ -210,7 +279,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         model = create_levit(spec.name, spec.num_classes or 1000, spec.img_size)
         return LoadedModel(model.eval(), spec, None, "random-init", spec.num_classes or 1000)
 
-    state, fmt = read_checkpoint(spec.checkpoint)
+    weights = read_weights(spec.checkpoint, spec.checkpoint_key)
+    state, fmt = weights.state, weights.format
     num_classes = spec.num_classes or _infer_num_classes(state) or 1000
     model = create_levit(spec.name, num_classes, spec.img_size)
     if is_facebook_checkpoint(state):
@@ -218,8 +288,44 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         fmt = "facebookresearch"
     state = {k: v for k, v in state.items() if "attention_bias_idxs" not in k}
     _check_keys(state, model, spec)
+    _check_tensors(state, model.state_dict(), spec.checkpoint)
     model.load_state_dict(state, strict=True)
-    return LoadedModel(model.eval(), spec, sha256_file(spec.checkpoint), fmt, num_classes)
+    return LoadedModel(
+        model.eval(),
+        spec,
+        sha256_file(spec.checkpoint),
+        fmt,
+        num_classes,
+        weights.key,
+        weights.weight_sets,
+    )
+
+
+def _check_tensors(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], path: Path
+) -> None:
+    """UserError for a tensor that cannot be real weights: no data, sparse, wrong kind, NaN/Inf.
+
+    ``load_state_dict`` would silently cast an int8 or bool tensor into the float parameter (a quantized
+    or damaged checkpoint then "works" at chance accuracy), and NaN/Inf weights only surface later as a
+    failed parity check.
+    """
+    for key, tensor in state.items():
+        want = expected.get(key)
+        where = f"checkpoint {path}: tensor {key}"
+        if tensor.is_meta:
+            raise UserError(f"{where} is a meta tensor (shape only, no data)")
+        if tensor.layout != torch.strided:
+            raise UserError(f"{where} is a {tensor.layout} tensor, expected a dense one")
+        if want is not None and want.is_floating_point() and not tensor.is_floating_point():
+            raise UserError(
+                f"{where} is {str(tensor.dtype).removeprefix('torch.')}, expected floating point "
+                "(a quantized or damaged checkpoint?)"
+            )
+        if tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise UserError(f"{where} has {bad} non-finite value(s) (NaN/Inf): the weights are broken")
 
 
 def _infer_num_classes(state: Mapping[str, torch.Tensor]) -> int | None:

@@ -26,6 +26,7 @@ from onnxruntime.quantization.calibrate import (
     create_calibrator,
 )
 
+from levit_edge.backends import onnxruntime as _backend  # noqa: F401  (its import turns ORT telemetry off)
 from levit_edge.data.preprocess import PreprocessConfig
 from levit_edge.data.sources import ImageSource
 from levit_edge.errors import UserError
@@ -126,8 +127,13 @@ def calibrate(
     settings: QuantSettings,
     batch_size: int = 32,
     progress: Progress | None = None,
+    fixed_batch: int | None = None,
 ) -> Calibration:
-    """Run ONNX Runtime's calibrator of ``settings.method`` over ``source`` and return the ranges."""
+    """Run ONNX Runtime's calibrator of ``settings.method`` over ``source`` and return the ranges.
+
+    ``fixed_batch``: the model's input has that fixed batch size; batches are cut to it and a short last
+    batch is filled up by repeating its own images (which leaves min/max ranges unchanged).
+    """
     extra: dict[str, Any] = {}
     if settings.method == "percentile":
         extra["percentile"] = settings.percentile
@@ -136,8 +142,8 @@ def calibrate(
         calibrator = _create_calibrator(model_path, Path(tmp), settings, extra)
         done = 0
         total = len(source)
-        for batch in _batches(source, preprocess, batch_size):
-            calibrator.collect_data(_BatchReader(batch))
+        for batch in _batches(source, preprocess, fixed_batch or batch_size):
+            calibrator.collect_data(_BatchReader(pad_batch(batch, fixed_batch)))
             done += batch.shape[0]
             if progress:
                 progress(done, total)
@@ -146,6 +152,13 @@ def calibrate(
         computed = calibrator.compute_data()
         del calibrator
     ranges = {name: _range(td) for name, td in computed.items()}
+    bad = sorted(name for name, (lo, hi) in ranges.items() if not (np.isfinite(lo) and np.isfinite(hi)))
+    if bad:
+        # ORT's quantizer would fail on them ("scale issue") and calibration.json could not hold them
+        raise UserError(
+            f"calibration gave non-finite ranges for {len(bad)} tensor(s) (first: {bad[0]}): the FP32 model "
+            "overflows on the calibration images (extreme pixel values?)"
+        )
     return Calibration(
         method=settings.method,
         percentile=settings.percentile if settings.method == "percentile" else None,
@@ -209,6 +222,13 @@ def _batches(source: ImageSource, preprocess: PreprocessConfig, batch_size: int)
         yield np.ascontiguousarray(batch.images, dtype=np.float32)
 
 
+def pad_batch(images: np.ndarray, size: int | None) -> np.ndarray:
+    """``images`` filled up to ``size`` rows by repeating its own rows (unchanged when no size is set)."""
+    if size is None or len(images) >= size:
+        return images
+    return np.ascontiguousarray(images[np.arange(size) % len(images)])
+
+
 def _range(td: TensorData | tuple[Any, ...]) -> tuple[float, float]:
     lo, hi = td.range_value if isinstance(td, TensorData) else (td[0], td[1])
     return float(np.asarray(lo).reshape(-1)[0]), float(np.asarray(hi).reshape(-1)[0])
@@ -226,4 +246,4 @@ def describe(cal: Calibration) -> dict[str, Any]:
     }
 
 
-__all__ = ["CALIBRATION_FILE", "Calibration", "calibrate", "describe", "json"]
+__all__ = ["CALIBRATION_FILE", "Calibration", "calibrate", "describe", "json", "pad_batch"]
