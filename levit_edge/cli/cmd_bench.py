@@ -43,7 +43,7 @@ def bench_cli(
     batches: str | None = typer.Option(
         None,
         "--batches",
-        help="Comma-separated batch sizes [default: 1,16; a --batch N model: N].",
+        help="Comma-separated batch sizes [default: 1,16] (for a --batch N model: only N).",
     ),
     threads: str = typer.Option(
         "all", "--threads", help="Comma-separated thread counts ('all' = every core)."

@@ -99,7 +99,9 @@ def quantize(
     if exclude:
         read_float_inputs(qmodel, set(selected) - set(nodes))
     if profile.fuse_attention:
-        fuse_attention(qmodel, head_major=True)
+        # not head-major: the qkv weights keep their FP32 layout, so the sensitivity ranking can swap a
+        # layer's FP32 weights back in (quant/sensitivity.float_only) and match quantize(exclude=...)
+        fuse_attention(qmodel, head_major=False)
     qmodel.producer_name = "levit-edge"
     del qmodel.metadata_props[:]
     props = {p.key: p.value for p in model.metadata_props}
