@@ -271,12 +271,16 @@ def require_intact(run_dir: Path, action: str) -> dict[str, Any]:
     as it is): a command that rewrites a run must never re-hash, and so launder, someone else's edit."""
     problems = verify_manifest(run_dir)
     if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise UserError(
-            f"{run_dir} does not match its {MANIFEST}: {problems[0]}{more}; refusing to {action} it "
-            f"(see 'levit-edge verify {run_dir}')"
-        )
+        raise _mismatch(run_dir, problems, action)
     return read_json(run_dir / MANIFEST)
+
+
+def _mismatch(run_dir: Path, problems: list[str], action: str) -> UserError:
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return UserError(
+        f"{run_dir} does not match its {MANIFEST}: {problems[0]}{more}; refusing to {action} it "
+        f"(see 'levit-edge verify {run_dir}')"
+    )
 
 
 @contextlib.contextmanager
@@ -610,11 +614,7 @@ def update_run(run_dir: Path, write: Callable[[Path], None], body: Mapping[str, 
         recover_updates(run_dir)
         problems = _verify_locked(run_dir)
         if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise UserError(
-                f"{run_dir} does not match its {MANIFEST}: {problems[0]}{more}; refusing to rewrite it "
-                f"(see 'levit-edge verify {run_dir}')"
-            )
+            raise _mismatch(run_dir, problems, "rewrite")
         old_files = _files_entry(read_json(run_dir / MANIFEST)) or {}
         try:
             staging = Path(tempfile.mkdtemp(prefix=".update-", suffix=f"-{os.getpid()}", dir=run_dir))
