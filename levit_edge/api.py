@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from levit_edge.errors import RunMismatch, UserError
-from levit_edge.settings import CONFIG_KEYS, EXPORT_DEFAULTS, load_config, unknown_key
+from levit_edge.settings import CONFIG_KEYS, EXPORT_DEFAULTS, FallbackSettings, load_config, unknown_key
 
 if TYPE_CHECKING:
     from levit_edge.pipeline import ExportJob, RunResult
@@ -121,6 +121,9 @@ def validate(
     skip_bad: bool = False,
     batch_size: int = EXPORT_DEFAULTS["batch_size"],
     threads: int | None = None,
+    class_order: str = EXPORT_DEFAULTS["class_order"],
+    class_list: str | Path | None = None,
+    allow_chance_accuracy: bool = EXPORT_DEFAULTS["allow_chance_accuracy"],
 ) -> RunResult:
     """``levit-edge validate``: re-check a run's models on ``val``; rewrites its reports and manifest."""
     from levit_edge.data.sources import DataSpec
@@ -134,10 +137,86 @@ def validate(
         0,
         skip_bad,
         Path(exclude) if exclude else None,
+        class_order,
+        Path(class_list) if class_list else None,
     )
-    return validate_run(
-        Path(run_dir), spec, GateSettings(max_drop), RuntimeSettings(batch_size=batch_size, threads=threads)
+    gate = GateSettings(max_drop, allow_chance=allow_chance_accuracy)
+    return validate_run(Path(run_dir), spec, gate, RuntimeSettings(batch_size=batch_size, threads=threads))
+
+
+def bench(
+    run_dir: str | Path,
+    *,
+    batches: tuple[int, ...] = (1, 16),
+    threads: tuple[int | None, ...] = (None,),
+    rounds: int = 5,
+    repeat: int = 10,
+    warmup: int = 5,
+    budget: float | None = None,
+    torch_models: bool = True,
+    compile_torch: bool = True,
+    openvino: bool = True,
+    save: bool = False,
+) -> list[dict[str, Any]]:
+    """``levit-edge bench``: time every variant of a run side by side; the rows ``report.json`` keeps
+    (``variant``, ``batch``, ``threads``, ``threads_used``, ``p50_ms``, ...). ``save=True`` stores them in
+    the run (after checking it against its manifest). ``threads``: ``None`` means every core."""
+    import os
+
+    from levit_edge.bench import BenchSettings, results_table, run_dir_factories, time_variants
+    from levit_edge.pipeline import save_bench
+    from levit_edge.report.manifest import require_intact
+
+    folder = Path(run_dir)
+    if save:
+        require_intact(folder, "save benchmark results into")
+    factories, input_size = run_dir_factories(folder, torch_models, compile_torch, openvino)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    settings = BenchSettings(
+        batches=batches,
+        threads=threads,
+        warmup=warmup,
+        rounds=rounds,
+        per_round=repeat,
+        input_size=input_size,
+        budget_s=budget,
+        load_average=load,
     )
+    baselines = tuple(b for b in ("fp32", "torch") if b in factories)
+    rows = results_table(time_variants(factories, settings, baselines))
+    if save:
+        save_bench(folder, rows, settings)
+    return rows
+
+
+def debug(
+    run_dir: str | Path,
+    *,
+    val: str | Path | None = None,
+    calib: str | Path | None = None,
+    samples: int = FallbackSettings.samples,
+    rank_images: int = FallbackSettings.rank_images,
+    threads: int | None = None,
+    save: bool = False,
+) -> list[dict[str, Any]]:
+    """``levit-edge debug``: rank every quantized layer of each INT8 model of a run, most harmful first
+    (the ``sensitivity`` rows of ``report.json``); ``save=True`` stores them in the run."""
+    from levit_edge.pipeline import save_sections
+    from levit_edge.quant.sensitivity import measure_run
+    from levit_edge.report.manifest import require_intact
+
+    folder = Path(run_dir)
+    if samples < 0 or rank_images < 1:
+        raise UserError("samples must be >= 0 and rank_images >= 1")
+    if save:
+        require_intact(folder, "save the ranking into")
+    results = measure_run(
+        folder, Path(val) if val else None, Path(calib) if calib else None, samples, rank_images, threads
+    )
+    rows = [row for r in results for row in r.rows()]
+    if save:
+        save_sections(folder, {"sensitivity": rows, "sensitivity_info": [r.summary() for r in results]})
+    return rows
 
 
 def verify(run_dir: str | Path) -> None:
