@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import random_levit
 
 from levit_edge.data.preprocess import PreprocessConfig
 from levit_edge.data.sources import DataSpec, open_source
@@ -29,7 +30,6 @@ from levit_edge.quant.calibrate import calibrate
 from levit_edge.quant.profiles import ORT_PROFILE, TRT_PROFILE
 from levit_edge.quant.quantize import quantize
 from levit_edge.settings import QuantSettings
-from tests.helpers import random_levit
 
 IMG = 64
 STANDARD_OPS = ORT_PROFILE  # the ort profile keeps standard ops (see its why-texts)
