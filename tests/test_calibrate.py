@@ -113,3 +113,34 @@ def test_malformed_calibration_file_is_a_user_error(
     with pytest.raises(UserError, match=re.escape(fragment)) as caught:
         Calibration.load(tmp_path / "c.json")
     assert str(tmp_path / "c.json") in str(caught.value)
+
+
+def test_percentile_ranges_are_inside_minmax_and_recorded(
+    case: tuple[Path, Path, np.ndarray, np.ndarray],
+) -> None:
+    model, data, _, _ = case
+    minmax = calibrate(model, open_source(DataSpec(data)), preprocess(), QuantSettings(method="minmax"), 4)
+    settings = QuantSettings(method="percentile", percentile=90.0)
+    pct = calibrate(model, open_source(DataSpec(data)), preprocess(), settings, 4)
+    assert (pct.method, pct.percentile, minmax.percentile) == ("percentile", 90.0, None)
+    lo, hi = pct.ranges["images"]
+    # the planted extremes (-7, 9, 11) are outliers: a 90th-percentile range leaves them out, on both ends
+    assert -7.0 < lo < 0 < hi < 9.0, (lo, hi)
+
+
+def test_progress_counts_every_image_and_class_names_are_kept(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    images = rng.uniform(-1, 1, (5, 3, SIZE, SIZE)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", images=images, labels=np.array([0, 1, 0, 1, 1]), class_names=["a", "b"])
+    model = conv_model(tmp_path / "m.onnx", rng.standard_normal((2, 3, 1, 1)).astype(np.float32))
+    seen: list[tuple[int, int]] = []
+    cal = calibrate(
+        model,
+        open_source(DataSpec(tmp_path / "calib.npz")),
+        preprocess(),
+        QuantSettings(),
+        2,
+        lambda done, total: seen.append((done, total)),
+    )
+    assert seen == [(2, 5), (4, 5), (5, 5)]
+    assert cal.class_names == ("a", "b") and cal.count == 5

@@ -187,3 +187,25 @@ def test_cosine_of_zero_vectors() -> None:
 def test_labelled_failure_does_not_claim_missing_labels() -> None:
     result = apply_gate({"int8.ort": comparison(3.0)}, GateSettings(max_drop=1.0))
     assert result.failures == ("int8.ort: drop 3.00 points > 1",)
+
+
+def test_kl_averages_rows_each_normalized_on_its_own() -> None:
+    # two rows at different scales: each row's softmax is normalized alone, then the KLs are averaged
+    p = np.array([[0.0, 0.0], [100.0, 100.0]])
+    q = np.array([[math.log(3.0), 0.0], [100.0 + math.log(3.0), 100.0]])
+    one = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
+    assert mean_kl(p, q) == pytest.approx(one)  # both rows have the same KL
+
+
+def test_metrics_past_one_chunk_of_rows_equal_the_direct_computation() -> None:
+    # more rows than one internal chunk (4096): the chunked figures must cover every row exactly once
+    rng = np.random.default_rng(3)
+    n = 9000
+    ref, cand = rng.standard_normal((n, 6)), rng.standard_normal((n, 6))
+    labels = rng.integers(0, 6, n)
+    top = np.argsort(-cand, axis=1, kind="stable")
+    acc = topk_accuracy(cand, labels)
+    assert acc.top1 == pytest.approx(100 * np.mean(top[:, 0] == labels))
+    assert acc.top5 == pytest.approx(100 * np.mean((top[:, :5] == labels[:, None]).any(1)))
+    cos = np.sum(ref * cand, 1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1))
+    assert mean_cosine(ref, cand) == pytest.approx(float(cos.mean()))
