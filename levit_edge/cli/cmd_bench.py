@@ -130,7 +130,8 @@ def bench_cli(
         )
     if console.is_terminal:
         console.print(table)
-    else:  # a CI log, a pipe: as wide as the table needs, so no variant name or number is cut
+    elif not console.quiet:  # -q and --json (stdout is the JSON document alone) print no table
+        # a CI log, a pipe: as wide as the table needs, so no variant name or number is cut
         wide = console.options.update(max_width=100_000)
         width = max(console.width, console.measure(table, options=wide).maximum)
         Console(file=console.file, width=width, highlight=False, color_system=None).print(table)
