@@ -18,8 +18,16 @@ import numpy as np
 
 from levit_edge.backends.base import Runner
 from levit_edge.errors import UserError
+from levit_edge.settings import MAX_THREADS
 
 RunnerFactory = Callable[[int | None], Runner]  # threads -> runner
+
+
+# Limits of what a benchmark point may ask for: beyond them the request is a typo, not a measurement (a
+# batch of 10**9 images would be allocated before the first call; an infinite budget overflows).
+MAX_BATCH = 4096
+MAX_CALLS = 100_000
+MAX_BUDGET_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -37,14 +45,18 @@ class BenchSettings:
     load_average: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        if not self.batches or any(b < 1 for b in self.batches):
-            raise UserError(f"--batches must be positive integers, got {list(self.batches)}")
-        if any(t is not None and t < 1 for t in self.threads):
-            raise UserError(f"--threads must be positive, got {list(self.threads)}")
-        if self.rounds < 1 or self.per_round < 1 or self.warmup < 0:
-            raise UserError("--rounds and --repeat must be at least 1, --warmup at least 0")
-        if self.budget_s is not None and not self.budget_s > 0:
-            raise UserError(f"--budget must be a positive number of seconds, got {self.budget_s}")
+        if not self.batches or any(not 1 <= b <= MAX_BATCH for b in self.batches):
+            raise UserError(f"--batches must be integers from 1 to {MAX_BATCH}, got {list(self.batches)}")
+        if any(t is not None and not 1 <= t <= MAX_THREADS for t in self.threads):
+            raise UserError(f"--threads must be between 1 and {MAX_THREADS}, got {list(self.threads)}")
+        if not (
+            1 <= self.rounds <= MAX_CALLS
+            and 1 <= self.per_round <= MAX_CALLS
+            and 0 <= self.warmup <= MAX_CALLS
+        ):
+            raise UserError(f"--rounds and --repeat must be 1 to {MAX_CALLS}, --warmup 0 to {MAX_CALLS}")
+        if self.budget_s is not None and not 0 < self.budget_s <= MAX_BUDGET_S:
+            raise UserError(f"--budget must be seconds in (0, {MAX_BUDGET_S:g}], got {self.budget_s}")
 
 
 @dataclass(frozen=True)

@@ -846,6 +846,17 @@ def _(c: Ctx) -> Case:
     return Case(["bench", run, "--rounds", "0"], fragments=("--rounds",))
 
 
+@case("bench-budget-inf")
+def _(c: Ctx) -> Case:
+    return Case(["bench", c.run_copy(), "--budget", "inf"], fragments=("--budget must be seconds",))
+
+
+@case("bench-huge-batches")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    return Case(["bench", run, "--batches", "1,1000000000"], fragments=("--batches must be integers from 1",))
+
+
 # demo: options are checked before the fixture is generated (which takes minutes)
 @case("demo-negative-max-drop")
 def _(c: Ctx) -> Case:
