@@ -733,7 +733,7 @@ def _(c: Ctx) -> Case:
     manifest["status"] = "failed" if manifest["status"] == "passed" else "passed"
     (run / "manifest.json").unlink()
     (run / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return Case(["verify", run], fragments=("do not match manifest.json: manifest.json",))
+    return Case(["verify", run], code=5, fragments=("do not match manifest.json: manifest.json",))
 
 
 @case("verify-manifest-not-json")

@@ -106,6 +106,7 @@ def guarded(trained_fixture: Fixture, tmp_path_factory: pytest.TempPathFactory) 
         "--val", val,
         "--skip-bad",
         "--max-drop", "100",
+        "--allow-chance-accuracy",  # the hostile folder sorts first and shifts the labels: names are tested
         "--name", "r",
         cwd=root,
         env=env,
