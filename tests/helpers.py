@@ -7,6 +7,9 @@ attention bias. ``randomize_levit`` gives every one of those tensors seeded, non
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -83,3 +86,18 @@ def miscalibration_set(path: Path, img_size: int, n: int = 4, scale: float = 100
     rng = np.random.default_rng(seed)
     np.save(path, (rng.standard_normal((n, 3, img_size, img_size)) * scale).astype(np.float32))
     return path
+
+
+def cli(
+    *args: object, cwd: Path | None = None, timeout: int = 600, columns: int = 200
+) -> subprocess.CompletedProcess[str]:
+    """Run the real console entry point in a subprocess (the process a pipeline starts)."""
+    code = "from levit_edge.cli.app import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": str(columns)},
+        timeout=timeout,
+    )

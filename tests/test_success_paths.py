@@ -4,11 +4,10 @@ on the run it made (the README Quickstart's main job, with the test fixture's ca
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
+import helpers
 import pytest
 
 from levit_edge.fixture import DatasetPaths, FixtureResult
@@ -18,15 +17,8 @@ Fixture = tuple[DatasetPaths, FixtureResult, Path]
 pytestmark = pytest.mark.slow
 
 
-def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    code = "from levit_edge.cli.app import main; main()"
-    return subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "80"},
-        timeout=900,
-    )
+def cli(*args: object) -> subprocess.CompletedProcess[str]:
+    return helpers.cli(*args, timeout=900, columns=80)
 
 
 def test_demo_then_check_trt_and_bench(trained_fixture: Fixture, tmp_path: Path) -> None:
