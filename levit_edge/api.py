@@ -165,7 +165,7 @@ def bench(
 
     from levit_edge.bench import BenchSettings, results_table, run_dir_factories, time_variants
     from levit_edge.pipeline import save_bench
-    from levit_edge.report.manifest import require_intact
+    from levit_edge.runs.manifest import require_intact
 
     folder = Path(run_dir)
     if save:
@@ -203,7 +203,7 @@ def debug(
     (the ``sensitivity`` rows of ``report.json``); ``save=True`` stores them in the run."""
     from levit_edge.pipeline import save_sections
     from levit_edge.quant.sensitivity import measure_run
-    from levit_edge.report.manifest import require_intact
+    from levit_edge.runs.manifest import require_intact
 
     folder = Path(run_dir)
     if samples < 0 or rank_images < 1:
@@ -221,7 +221,7 @@ def debug(
 
 def verify(run_dir: str | Path) -> None:
     """``levit-edge verify``: raise :class:`RunMismatch` (``.problems``) unless every file matches."""
-    from levit_edge.report.manifest import verify_manifest
+    from levit_edge.runs.manifest import verify_manifest
 
     folder = Path(run_dir)
     if not folder.is_dir():

@@ -165,8 +165,9 @@ def run_dir_factories(
     """Runner factories for every artifact of a run directory (and PyTorch eager and ``torch.compile``
     when its checkpoint is still where the manifest says; OpenVINO on the ONNX files when importable),
     plus the model's input size. :func:`skipped_variants` says why an optional variant is missing."""
+    from levit_edge.io import read_json
     from levit_edge.pipeline import ARTIFACT_FILES, FP32_FILE, preprocess_from_onnx
-    from levit_edge.report.manifest import MANIFEST, read_json
+    from levit_edge.runs.layout import MANIFEST
 
     if not (run_dir / FP32_FILE).is_file():
         raise UserError(f"{run_dir} has no {FP32_FILE}: not a levit-edge run directory")
@@ -194,7 +195,7 @@ def run_dir_factories(
 def plan_is_version_compatible(run_dir: Path) -> bool:
     """Whether the run's engine was built version-compatible (its report's engine options say so):
     such a plan embeds the lean runtime and loads only with host code allowed."""
-    from levit_edge.report.manifest import read_json
+    from levit_edge.io import read_json
 
     path = run_dir / "report.json"
     if not path.is_file():

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from levit_edge.errors import UserError
 from levit_edge.export.ort_format import is_firmware_file, operators_of
-from levit_edge.report.manifest import MANIFEST, read_json, sha256_file
+from levit_edge.io import read_json, sha256_file
+from levit_edge.runs.layout import MANIFEST
 
 if TYPE_CHECKING:  # onnx is imported only to describe a model: a run directory needs just its manifest
     import onnx

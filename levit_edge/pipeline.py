@@ -39,8 +39,11 @@ from levit_edge.quant.calibrate import CALIBRATION_FILE, Calibration, calibrate,
 from levit_edge.quant.fallback import Outcome, Target, accuracy_aware, report_sections
 from levit_edge.quant.profiles import ORT_PROFILES, PROFILES, TRT_PROFILE, QuantProfile
 from levit_edge.quant.quantize import QuantResult, quantize
-from levit_edge.report.manifest import MANIFEST, staged_run, update_run, write_manifest
 from levit_edge.report.render import write_reports
+from levit_edge.runs.layout import MANIFEST
+from levit_edge.runs.manifest import write_manifest
+from levit_edge.runs.staging import staged_run
+from levit_edge.runs.update import update_run
 from levit_edge.settings import FallbackSettings, GateSettings, QuantSettings, RuntimeSettings, Targets
 from levit_edge.validate.compare import Evaluation, evaluate
 from levit_edge.validate.gate import FAILED, PASSED, GateResult, apply_gate
@@ -219,7 +222,7 @@ def run_export(job: ExportJob, hooks: Hooks | None = None) -> RunResult:
             check_graph(onnx.load_from_string(onnx_bytes))
             ort_parity = verify_with_onnxruntime(onnx_bytes, fused, images)
             fp32_path = run.dir / FP32_FILE
-            from levit_edge.report.manifest import write_atomic
+            from levit_edge.io import write_atomic
 
             write_atomic(fp32_path, onnx_bytes)
         del fused
@@ -763,7 +766,8 @@ def validate_run(
     hooks: Hooks | None = None,
 ) -> RunResult:
     """Re-check a finished run on a (new) validation set; update its reports and manifest in place."""
-    from levit_edge.report.manifest import read_json, require_intact
+    from levit_edge.io import read_json
+    from levit_edge.runs.manifest import require_intact
 
     if not (run_dir / MANIFEST).is_file():
         raise UserError(f"{run_dir} is not a complete run directory (no {MANIFEST})")
@@ -819,7 +823,7 @@ def validate_run(
 
 def save_bench(run_dir: Path, rows: list[dict[str, Any]], settings: Any) -> None:
     """Store benchmark rows in the run's report.json (``bench``) and refresh its reports and manifest."""
-    from levit_edge.report.manifest import read_json
+    from levit_edge.io import read_json
 
     report = read_json(run_dir / "report.json")
     manifest = read_json(run_dir / MANIFEST)
@@ -837,7 +841,7 @@ def save_bench(run_dir: Path, rows: list[dict[str, Any]], settings: Any) -> None
 
 def save_sections(run_dir: Path, sections: dict[str, Any]) -> None:
     """Store sections (``sensitivity``, ...) in a finished run's report.json; re-render and re-hash."""
-    from levit_edge.report.manifest import read_json
+    from levit_edge.io import read_json
 
     report = read_json(run_dir / "report.json")
     manifest = read_json(run_dir / MANIFEST)

@@ -21,7 +21,7 @@ import pytest
 from helpers import random_levit, save_state_dict
 
 from levit_edge import __version__
-from levit_edge.report.manifest import verify_manifest
+from levit_edge.runs.manifest import verify_manifest
 
 NAME = "levit_128s"
 IMG = 64

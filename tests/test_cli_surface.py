@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from levit_edge.report.manifest import write_manifest
+from levit_edge.runs.manifest import write_manifest
 
 HEAVY = ("torch", "timm", "onnxruntime", "onnx", "matplotlib")
 # what each light command may import: only check-trt reads an ONNX graph

@@ -33,8 +33,8 @@ from levit_edge.export.ort_format import (
 )
 from levit_edge.fixture import DatasetPaths, FixtureResult
 from levit_edge.inspect import inspect_path
-from levit_edge.model.load import sha256_file
-from levit_edge.report.manifest import verify_manifest
+from levit_edge.io import sha256_file
+from levit_edge.runs.manifest import verify_manifest
 from levit_edge.settings import Targets, load_config
 
 Fixture = tuple[DatasetPaths, FixtureResult, Path]

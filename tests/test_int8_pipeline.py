@@ -23,7 +23,7 @@ from PIL import Image
 
 from levit_edge.data.preprocess import PreprocessConfig
 from levit_edge.fixture import DatasetPaths, FixtureResult
-from levit_edge.model.load import sha256_file
+from levit_edge.io import sha256_file
 from levit_edge.quant.calibrate import Calibration
 from levit_edge.quant.profiles import ORT_PROFILE
 from levit_edge.quant.quantize import quantize

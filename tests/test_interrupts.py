@@ -39,16 +39,12 @@ import pytest
 
 from levit_edge.errors import UserError
 from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.io import signals_deferred
 from levit_edge.pausepoint import ENV as PAUSE_ENV
-from levit_edge.report.manifest import (
-    MANIFEST,
-    StagedRun,
-    signals_deferred,
-    staged_run,
-    update_run,
-    verify_manifest,
-    write_manifest,
-)
+from levit_edge.runs.layout import MANIFEST
+from levit_edge.runs.manifest import verify_manifest, write_manifest
+from levit_edge.runs.staging import StagedRun, staged_run
+from levit_edge.runs.update import update_run
 
 Fixture = tuple[DatasetPaths, FixtureResult, Path]
 ARTIFACTS = ("model.fp32.onnx", "calibration.json", "model.int8.ort.onnx", "model.int8.trt.onnx")

@@ -30,13 +30,13 @@ from timm.models.levit import ConvNorm, LinearNorm, NormLinear
 from torch import nn
 
 from levit_edge.errors import UserError
+from levit_edge.io import sha256_file
 from levit_edge.model.load import (
     LoadedModel,
     ModelSpec,
     levit_names,
     load_model,
     read_checkpoint,
-    sha256_file,
 )
 
 IMG = 64  # small inputs keep the plain-layout tests fast; the facebookresearch ones use LeViT's own 224

@@ -227,7 +227,7 @@ def test_export_makes_no_dns_query_even_from_native_code(trained_fixture: Fixtur
 def test_inputs_recorded_by_name_and_hash(trained_fixture: Fixture, tmp_path: Path) -> None:
     import hashlib
 
-    from levit_edge.report.manifest import verify_manifest
+    from levit_edge.runs.manifest import verify_manifest
 
     data, result, checkpoint = trained_fixture
     small_val(data, tmp_path / "val", 1)

@@ -24,17 +24,13 @@ from levit_edge import pipeline
 from levit_edge.data.sources import DataSpec, open_source
 from levit_edge.errors import UserError
 from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.io import write_atomic
 from levit_edge.model.load import ModelSpec
 from levit_edge.pipeline import ExportJob, run_export
-from levit_edge.report.manifest import (
-    MANIFEST,
-    StagedRun,
-    staged_run,
-    update_run,
-    verify_manifest,
-    write_atomic,
-    write_manifest,
-)
+from levit_edge.runs.layout import MANIFEST
+from levit_edge.runs.manifest import verify_manifest, write_manifest
+from levit_edge.runs.staging import StagedRun, staged_run
+from levit_edge.runs.update import update_run
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -201,7 +197,7 @@ def test_an_edited_status_in_the_manifest_is_caught(tmp_path: Path) -> None:
 
 def test_a_resealed_status_edit_is_caught_by_the_report(tmp_path: Path) -> None:
     # Whoever recomputes the digest still has report.json (hashed in the manifest) against them.
-    from levit_edge.report.manifest import seal
+    from levit_edge.runs.manifest import seal
 
     run = make_run(tmp_path, status="failed")
     manifest = json.loads((run / MANIFEST).read_text())

@@ -11,7 +11,7 @@ import helpers
 import pytest
 
 from levit_edge.fixture import DatasetPaths, FixtureResult
-from levit_edge.report.manifest import verify_manifest
+from levit_edge.runs.manifest import verify_manifest
 
 Fixture = tuple[DatasetPaths, FixtureResult, Path]
 pytestmark = pytest.mark.slow

@@ -29,7 +29,7 @@ class Bug:
 BUGS = (
     Bug(
         "verify skips model.fp32.onnx",
-        "levit_edge/report/manifest.py",
+        "levit_edge/runs/manifest.py",
         "        path = run_dir / name\n        if path.is_symlink() or not path.is_file():",
         "        path = run_dir / name\n        if name == 'model.fp32.onnx':\n            continue\n"
         "        if path.is_symlink() or not path.is_file():",
@@ -73,7 +73,7 @@ BUGS = (
     ),
     Bug(
         "a SIGINT leaves .NAME.partial-* behind",
-        "levit_edge/report/manifest.py",
+        "levit_edge/runs/staging.py",
         "        with signals_deferred():\n            shutil.rmtree(self.dir, ignore_errors=True)",
         "        with signals_deferred():\n            import sys as _s\n"
         "            if not isinstance(_s.exc_info()[1], KeyboardInterrupt):\n"

@@ -95,7 +95,8 @@ def bench_cli(
         budget_s=budget,
     )
     if save and run_dir.is_dir():
-        from levit_edge.report.manifest import MANIFEST, require_intact
+        from levit_edge.runs.layout import MANIFEST
+        from levit_edge.runs.manifest import require_intact
 
         if (run_dir / MANIFEST).is_file():
             require_intact(run_dir, "save benchmark results into")  # before minutes of timing

@@ -90,7 +90,7 @@ def debug_cli(
     if samples < 0 or rank_images < 1 or top < 1:
         raise UserError("--samples must be >= 0, --rank-images and --top >= 1")
     if save and (run_dir / "manifest.json").is_file():
-        from levit_edge.report.manifest import require_intact
+        from levit_edge.runs.manifest import require_intact
 
         require_intact(run_dir, "save the ranking into")  # before minutes of measuring
     with RichHooks(lines=True) as hooks:

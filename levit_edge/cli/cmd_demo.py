@@ -43,7 +43,7 @@ def demo_cli(
     from levit_edge.fixture import ensure_fixture
     from levit_edge.model.load import ModelSpec
     from levit_edge.pipeline import ExportJob, run_export
-    from levit_edge.report.manifest import StagedRun
+    from levit_edge.runs.staging import StagedRun
 
     # Check the options before generating the fixture (minutes): a bad value must fail in a second.
     gate = GateSettings(max_drop=max_drop)

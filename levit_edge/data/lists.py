@@ -7,14 +7,13 @@ the ranges of the others. Spreading the images evenly over the classes avoids th
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from levit_edge.data.sources import DataSpec, ListEntry, format_list, open_source, random_subset
 from levit_edge.errors import UserError
+from levit_edge.io import write_atomic
 
 __all__ = ["select_balanced", "write_calibration_list"]
 
@@ -46,21 +45,6 @@ def select_balanced(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
         rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota, strict=True) if q
     ]
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
-
-
-def _write_atomically(out: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``: readers never see half a list."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_calibration_list(
@@ -100,5 +84,5 @@ def write_calibration_list(
         text = format_list(entries, header=header)
     except ValueError as e:
         raise UserError(f"{source_dir}: {e}") from None
-    _write_atomically(out, text)
+    write_atomic(out, text)
     return len(entries)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from levit_edge.report.manifest import write_atomic
+from levit_edge.io import write_atomic
 
 if TYPE_CHECKING:
     from levit_edge.backends.base import Runner

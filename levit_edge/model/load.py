@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from levit_edge.errors import UserError
-from levit_edge.report.manifest import sha256_file as sha256_file  # re-exported: its old home
+from levit_edge.io import sha256_file
 
 # Wrappers that training scripts put around the weights, in the order timm's own loader prefers them
 # (EMA weights first: they are what a trainer validates and ships).

@@ -31,7 +31,7 @@ from levit_edge.data.preprocess import PreprocessConfig
 from levit_edge.data.sources import ImageSource
 from levit_edge.errors import UserError
 from levit_edge.export.onnx import INPUT_NAME
-from levit_edge.report.manifest import WRITE_ERRNOS, read_json, sha256_file, write_error, write_json
+from levit_edge.io import WRITE_ERRNOS, read_json, sha256_file, write_error, write_json
 from levit_edge.settings import QuantSettings
 
 CALIBRATION_FILE = "calibration.json"

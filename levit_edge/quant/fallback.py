@@ -39,11 +39,11 @@ import onnx
 
 from levit_edge.data.preprocess import PreprocessConfig
 from levit_edge.data.sources import ImageSource
+from levit_edge.io import write_atomic
 from levit_edge.quant import sensitivity
 from levit_edge.quant.calibrate import Calibration
 from levit_edge.quant.profiles import QuantProfile
 from levit_edge.quant.quantize import QuantResult, quantize
-from levit_edge.report.manifest import write_atomic
 from levit_edge.settings import FallbackSettings
 from levit_edge.validate.metrics import Comparison, compare
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 from onnxconverter_common import float16
 
-from levit_edge.report.manifest import write_atomic
+from levit_edge.io import write_atomic
 
 KEEP_FP32 = ("QuantizeLinear", "DequantizeLinear", "Softmax")
 

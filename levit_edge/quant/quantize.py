@@ -15,9 +15,9 @@ from onnxruntime.quantization.calibrate import save_tensors_data
 
 from levit_edge.errors import UserError
 from levit_edge.export.ort_levers import fuse_attention
+from levit_edge.io import sha256_file, write_atomic
 from levit_edge.quant.calibrate import Calibration, ort_scratch
 from levit_edge.quant.profiles import QuantProfile
-from levit_edge.report.manifest import sha256_file, write_atomic
 
 
 class _ErrorsOnly(logging.Filter):

@@ -391,9 +391,9 @@ def measure_run(
     """
     from levit_edge.data.sources import DataSpec, open_source
     from levit_edge.errors import UserError
+    from levit_edge.io import read_json
     from levit_edge.pipeline import ARTIFACT_FILES, FP32_FILE, MANIFEST, preprocess_from_onnx
     from levit_edge.quant.profiles import PROFILES
-    from levit_edge.report.manifest import read_json
 
     if not (run_dir / MANIFEST).is_file() or not (run_dir / FP32_FILE).is_file():
         raise UserError(f"{run_dir} is not a complete run directory (no {MANIFEST} or {FP32_FILE})")

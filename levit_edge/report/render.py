@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from levit_edge.report.manifest import write_atomic, write_json
+from levit_edge.io import write_atomic, write_json
 
 # ---- document model ---------------------------------------------------------------------------------
 
