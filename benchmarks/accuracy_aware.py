@@ -107,8 +107,10 @@ def run_case(
 
     from levit_edge.data.sources import DataSpec
     from levit_edge.errors import AccuracyGateFailed
+    from levit_edge.export.metadata import preprocess_from_onnx
+    from levit_edge.flows.export import run_export
+    from levit_edge.flows.job import ExportJob
     from levit_edge.model.load import ModelSpec
-    from levit_edge.pipeline import ExportJob, preprocess_from_onnx, run_export
     from levit_edge.quant.calibrate import Calibration
     from levit_edge.quant.profiles import PROFILES
     from levit_edge.quant.quantize import quantize

@@ -57,12 +57,13 @@ def main() -> None:
     from levit_edge.bench import (
         INTERLEAVED_SESSION_CONFIG,
         BenchSettings,
-        run_dir_factories,
         skipped_variants,
         time_variants,
     )
     from levit_edge.export.ort_levers import fuse_attention
-    from levit_edge.pipeline import ARTIFACT_FILES
+    from levit_edge.flows.bench import BenchVariants, variant_factories
+    from levit_edge.runs.finished import FinishedRun
+    from levit_edge.runs.layout import ARTIFACT_FILES
 
     work = Path(args.work)
     out_path = Path(args.out)
@@ -79,7 +80,7 @@ def main() -> None:
         exported = export_model("levit_128s", work, calib, args.calib_size)
     result["export"] = exported
     run_dir = Path(exported["run_dir"])
-    factories, input_size = run_dir_factories(run_dir)
+    factories, input_size = variant_factories(FinishedRun(run_dir), BenchVariants())
     result["skipped"] = skipped_variants()
     if args.only_ort:
         import dataclasses

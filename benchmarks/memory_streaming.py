@@ -100,8 +100,9 @@ def write_list(root: Path, n: int) -> Path:
 
 def export_models(work: Path, model: str, calib_list: Path, images: Path) -> Path:
     from levit_edge.data.sources import DataSpec
+    from levit_edge.flows.export import run_export
+    from levit_edge.flows.job import ExportJob
     from levit_edge.model.load import ModelSpec
-    from levit_edge.pipeline import ExportJob, run_export
     from levit_edge.settings import Targets
 
     job = ExportJob(
@@ -121,8 +122,9 @@ def export_models(work: Path, model: str, calib_list: Path, images: Path) -> Pat
 def child(step: str, run_dir: Path, listing: Path, images: Path, batch_size: int) -> dict[str, Any]:
     from levit_edge.backends.onnxruntime import OnnxRuntimeRunner
     from levit_edge.data.sources import DataSpec, open_source
-    from levit_edge.pipeline import ARTIFACT_FILES, preprocess_from_onnx
+    from levit_edge.export.metadata import preprocess_from_onnx
     from levit_edge.quant.calibrate import calibrate
+    from levit_edge.runs.layout import ARTIFACT_FILES
     from levit_edge.settings import QuantSettings
     from levit_edge.validate.compare import evaluate
 

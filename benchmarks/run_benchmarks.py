@@ -78,7 +78,7 @@ def log(msg: str) -> None:
 
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
-    from levit_edge.pipeline import environment
+    from levit_edge.report.build import environment
 
     env = environment()
     info: dict[str, Any] = {
@@ -185,14 +185,16 @@ def thread_points(spec: Sequence[str]) -> list[int | None]:
 
 
 def cpu_suite(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from levit_edge.bench import BenchSettings, run_dir_factories, time_variants
+    from levit_edge.bench import BenchSettings, time_variants
+    from levit_edge.flows.bench import BenchVariants, variant_factories
+    from levit_edge.runs.finished import FinishedRun
 
     calib = calibration_array(work, args.calib_size)
     out: dict[str, Any] = {}
     for name in args.models:
         log(f"export {name}")
         exported = export_model(name, work, calib, args.calib_size)
-        factories, input_size = run_dir_factories(Path(exported["run_dir"]))
+        factories, input_size = variant_factories(FinishedRun(Path(exported["run_dir"])), BenchVariants())
         factories.update(_extra_recipes(Path(exported["run_dir"]), args.extra_recipes))
         rows = []
         for threads in thread_points(args.threads):
@@ -227,9 +229,9 @@ def _extra_recipes(run_dir: Path, recipes: Sequence[str]) -> dict[str, Callable[
     from levers import RECIPES
 
     from levit_edge.bench import INTERLEAVED_SESSION_CONFIG
-    from levit_edge.pipeline import FP32_FILE
     from levit_edge.quant.calibrate import CALIBRATION_FILE, Calibration
     from levit_edge.quant.quantize import quantize
+    from levit_edge.runs.layout import FP32_FILE
 
     cal = Calibration.load(run_dir / CALIBRATION_FILE)
     out: dict[str, Callable[[int | None], Any]] = {}
@@ -289,7 +291,7 @@ def _input_size(sess: Any) -> tuple[int, ...]:
 
 
 def profile_suite(args: argparse.Namespace, work: Path, cpu: dict[str, Any]) -> dict[str, Any]:
-    from levit_edge.pipeline import ARTIFACT_FILES
+    from levit_edge.runs.layout import ARTIFACT_FILES
 
     name = args.models[0]
     run_dir = Path(cpu[name]["export"]["run_dir"]) if name in cpu else None

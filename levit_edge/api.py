@@ -16,7 +16,7 @@ from levit_edge.errors import RunMismatch, UserError
 from levit_edge.settings import CONFIG_KEYS, EXPORT_DEFAULTS, FallbackSettings, load_config, unknown_key
 
 if TYPE_CHECKING:
-    from levit_edge.pipeline import ExportJob, RunResult
+    from levit_edge.flows.job import ExportJob, RunResult
     from levit_edge.quant.trt_rules import Violation
 
 
@@ -27,8 +27,8 @@ def export_job(
     ``config``: the TOML file the options came from (recorded in the run by name and sha256)."""
     from levit_edge.data.sources import DataSpec
     from levit_edge.export.onnx import ExportSettings
+    from levit_edge.flows.job import EngineOptions, ExportJob
     from levit_edge.model.load import ModelSpec
-    from levit_edge.pipeline import EngineOptions, ExportJob
     from levit_edge.settings import FallbackSettings, GateSettings, QuantSettings, RuntimeSettings, Targets
 
     given: dict[str, Any] = {}
@@ -99,14 +99,14 @@ def export(checkpoint: str | Path | None = None, **options: Any) -> RunResult:
 
     Raises :class:`AccuracyGateFailed` (``.result``: the kept run) when the gate fails.
     """
-    from levit_edge.pipeline import run_export
+    from levit_edge.flows.export import run_export
 
     return run_export(export_job({"checkpoint": checkpoint, **options}))
 
 
 def run(job: ExportJob) -> RunResult:
     """Run a job made by :func:`export_job` or :func:`job_from_config`."""
-    from levit_edge.pipeline import run_export
+    from levit_edge.flows.export import run_export
 
     return run_export(job)
 
@@ -127,7 +127,7 @@ def validate(
 ) -> RunResult:
     """``levit-edge validate``: re-check a run's models on ``val``; rewrites its reports and manifest."""
     from levit_edge.data.sources import DataSpec
-    from levit_edge.pipeline import validate_run
+    from levit_edge.flows.validate import validate_run
     from levit_edge.settings import GateSettings, RuntimeSettings
 
     spec = DataSpec(
@@ -147,7 +147,7 @@ def validate(
 def bench(
     run_dir: str | Path,
     *,
-    batches: tuple[int, ...] = (1, 16),
+    batches: tuple[int, ...] | None = None,
     threads: tuple[int | None, ...] = (None,),
     rounds: int = 5,
     repeat: int = 10,
@@ -160,33 +160,21 @@ def bench(
 ) -> list[dict[str, Any]]:
     """``levit-edge bench``: time every variant of a run side by side; the rows ``report.json`` keeps
     (``variant``, ``batch``, ``threads``, ``threads_used``, ``p50_ms``, ...). ``save=True`` stores them in
-    the run (after checking it against its manifest). ``threads``: ``None`` means every core."""
-    import os
+    the run (after checking it against its manifest). ``batches``: default 1 and 16 (a model exported
+    with a fixed batch: that one); ``threads``: ``None`` means every core."""
+    from levit_edge.bench import BenchSettings
+    from levit_edge.flows.bench import BenchVariants, bench_run
 
-    from levit_edge.bench import BenchSettings, results_table, run_dir_factories, time_variants
-    from levit_edge.pipeline import save_bench
-    from levit_edge.runs.manifest import require_intact
-
-    folder = Path(run_dir)
-    if save:
-        require_intact(folder, "save benchmark results into")
-    factories, input_size = run_dir_factories(folder, torch_models, compile_torch, openvino)
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     settings = BenchSettings(
-        batches=batches,
+        batches=batches or (1, 16),
         threads=threads,
         warmup=warmup,
         rounds=rounds,
         per_round=repeat,
-        input_size=input_size,
         budget_s=budget,
-        load_average=load,
     )
-    baselines = tuple(b for b in ("fp32", "torch") if b in factories)
-    rows = results_table(time_variants(factories, settings, baselines))
-    if save:
-        save_bench(folder, rows, settings)
-    return rows
+    variants = BenchVariants(torch=torch_models, compile=compile_torch, openvino=openvino)
+    return bench_run(Path(run_dir), settings, variants, save=save, batches_given=batches is not None).rows()
 
 
 def debug(
@@ -201,22 +189,18 @@ def debug(
 ) -> list[dict[str, Any]]:
     """``levit-edge debug``: rank every quantized layer of each INT8 model of a run, most harmful first
     (the ``sensitivity`` rows of ``report.json``); ``save=True`` stores them in the run."""
-    from levit_edge.pipeline import save_sections
-    from levit_edge.quant.sensitivity import measure_run
-    from levit_edge.runs.manifest import require_intact
+    from levit_edge.flows.debug import debug_run
 
-    folder = Path(run_dir)
-    if samples < 0 or rank_images < 1:
-        raise UserError("samples must be >= 0 and rank_images >= 1")
-    if save:
-        require_intact(folder, "save the ranking into")
-    results = measure_run(
-        folder, Path(val) if val else None, Path(calib) if calib else None, samples, rank_images, threads
+    results = debug_run(
+        Path(run_dir),
+        Path(val) if val else None,
+        Path(calib) if calib else None,
+        samples,
+        rank_images,
+        threads,
+        save=save,
     )
-    rows = [row for r in results for row in r.rows()]
-    if save:
-        save_sections(folder, {"sensitivity": rows, "sensitivity_info": [r.summary() for r in results]})
-    return rows
+    return [row for r in results for row in r.rows()]
 
 
 def verify(run_dir: str | Path) -> None:

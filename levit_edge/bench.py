@@ -12,13 +12,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from levit_edge.backends.base import Runner
 from levit_edge.errors import UserError
 from levit_edge.settings import MAX_THREADS
+
+if TYPE_CHECKING:
+    from levit_edge.model.load import ModelSpec
 
 RunnerFactory = Callable[[int | None], Runner]  # threads -> runner
 
@@ -159,52 +162,6 @@ def _summarize(
     return out
 
 
-def run_dir_factories(
-    run_dir: Path, torch_models: bool = True, compile_torch: bool = True, openvino: bool = True
-) -> tuple[dict[str, RunnerFactory], tuple[int, int, int]]:
-    """Runner factories for every artifact of a run directory (and PyTorch eager and ``torch.compile``
-    when its checkpoint is still where the manifest says; OpenVINO on the ONNX files when importable),
-    plus the model's input size. :func:`skipped_variants` says why an optional variant is missing."""
-    from levit_edge.io import read_json
-    from levit_edge.pipeline import ARTIFACT_FILES, FP32_FILE, preprocess_from_onnx
-    from levit_edge.runs.layout import MANIFEST
-
-    if not (run_dir / FP32_FILE).is_file():
-        raise UserError(f"{run_dir} has no {FP32_FILE}: not a levit-edge run directory")
-    preprocess, _, _ = preprocess_from_onnx(run_dir / FP32_FILE)
-    factories: dict[str, RunnerFactory] = {}
-    if torch_models and (run_dir / MANIFEST).is_file():
-        factories.update(_torch_factories(read_json(run_dir / MANIFEST), compile_torch))
-    for key, name in ARTIFACT_FILES.items():
-        path = run_dir / name
-        if key == "int8.plan" or not path.is_file():
-            continue
-        factories[key] = _ort_factory(path)
-    plan = run_dir / ARTIFACT_FILES["int8.plan"]
-    if plan.is_file():
-        from levit_edge.backends.tensorrt import TensorRTRunner, tensorrt_unavailable_reason
-
-        if tensorrt_unavailable_reason() is None:
-            compatible = plan_is_version_compatible(run_dir)
-            factories["int8.plan"] = lambda threads: TensorRTRunner(plan, version_compatible=compatible)
-    if openvino:
-        factories.update(_openvino_factories(run_dir))
-    return factories, preprocess.input_size
-
-
-def plan_is_version_compatible(run_dir: Path) -> bool:
-    """Whether the run's engine was built version-compatible (its report's engine options say so):
-    such a plan embeds the lean runtime and loads only with host code allowed."""
-    from levit_edge.io import read_json
-
-    path = run_dir / "report.json"
-    if not path.is_file():
-        return False
-    options = read_json(path).get("options")
-    engine = options.get("engine") if isinstance(options, dict) else None
-    return isinstance(engine, dict) and engine.get("version_compatible") is True
-
-
 # OpenVINO variants: (ONNX artifact key, inference precision hint). None keeps OpenVINO's default, which is
 # bf16 on CPUs with AMX or AVX-512 BF16: the speed a user gets, at another precision than ours.
 OPENVINO_VARIANTS: dict[str, tuple[str, str | None]] = {
@@ -234,16 +191,16 @@ def skipped_variants(
     return out
 
 
-def _openvino_factories(run_dir: Path) -> dict[str, RunnerFactory]:
+def openvino_factories(models: Mapping[str, Path]) -> dict[str, RunnerFactory]:
+    """OpenVINO variants of the given ONNX models (artifact key -> file), where OpenVINO is importable."""
     from levit_edge.backends.openvino import openvino_unavailable_reason
-    from levit_edge.pipeline import ARTIFACT_FILES
 
     if openvino_unavailable_reason() is not None:
         return {}
     out: dict[str, RunnerFactory] = {}
     for name, (key, precision) in OPENVINO_VARIANTS.items():
-        path = run_dir / ARTIFACT_FILES[key]
-        if path.is_file():
+        path = models.get(key)
+        if path is not None:
             out[name] = functools.partial(_openvino_runner, path, precision=precision)
     return out
 
@@ -259,27 +216,19 @@ def _openvino_runner(path: Path, threads: int | None, precision: str | None) -> 
 INTERLEAVED_SESSION_CONFIG = {"session.force_spinning_stop": "1"}
 
 
-def _ort_factory(path: Path) -> RunnerFactory:
+def ort_factory(path: Path) -> RunnerFactory:
+    """ONNX Runtime on ``path``, configured for interleaved timing."""
     from levit_edge.backends.onnxruntime import OnnxRuntimeRunner
 
     return lambda threads: OnnxRuntimeRunner(path, threads, config=INTERLEAVED_SESSION_CONFIG)
 
 
-def _torch_factories(manifest: Mapping[str, Any], compile_torch: bool = True) -> dict[str, RunnerFactory]:
+def torch_factories(spec: ModelSpec, compile_torch: bool = True) -> dict[str, RunnerFactory]:
+    """PyTorch eager on the timm model and on its fused form, and ``torch.compile`` of the timm model."""
     from levit_edge.backends.torch import TorchRunner, compile_unavailable_reason
     from levit_edge.model.fuse import fuse_levit
-    from levit_edge.model.load import ModelSpec, load_model
+    from levit_edge.model.load import load_model
 
-    opts = manifest.get("options", {}).get("model", {})
-    checkpoint = opts.get("checkpoint")
-    if checkpoint and not Path(checkpoint).is_file():
-        return {}
-    spec = ModelSpec(
-        name=opts["name"],
-        checkpoint=Path(checkpoint) if checkpoint else None,
-        num_classes=opts.get("num_classes") or manifest.get("model", {}).get("classes"),
-        img_size=opts.get("img_size"),
-    )
     loaded = load_model(spec)
     fused = fuse_levit(loaded.model)
     out: dict[str, RunnerFactory] = {

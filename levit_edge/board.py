@@ -257,7 +257,8 @@ def _validate(args: argparse.Namespace) -> None:
     if result.passed is False:
         raise AccuracyGateFailed(
             f"engine top-1 {result.top1:.2f} is {result.drop:.2f} points below the run's FP32 "
-            f"{result.ci_top1['fp32']:.2f} (max_drop {result.max_drop})"
+            f"{result.ci_top1['fp32']:.2f} (max_drop {result.max_drop})",
+            result,
         )
 
 

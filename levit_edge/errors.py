@@ -27,7 +27,8 @@ class _RunEnded(Exception):
 
     def __init__(self, message: str, result: Any = None) -> None:
         super().__init__(message)
-        self.result = result  # a levit_edge.pipeline.RunResult (None where no run was written)
+        # a levit_edge.flows.job.RunResult; build-engine's: a levit_edge.flows.engine.EngineOutcome
+        self.result = result
 
 
 class AccuracyGateFailed(_RunEnded):

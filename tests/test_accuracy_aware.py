@@ -24,8 +24,8 @@ import pytest
 
 from levit_edge.data.sources import DataSpec, open_source
 from levit_edge.errors import UserError
+from levit_edge.export.metadata import preprocess_from_onnx
 from levit_edge.fixture import DatasetPaths, FixtureResult
-from levit_edge.pipeline import preprocess_from_onnx
 from levit_edge.quant import sensitivity
 from levit_edge.quant.calibrate import Calibration
 from levit_edge.quant.fallback import qdq_sqnr, tune_ranges

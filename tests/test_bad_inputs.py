@@ -36,8 +36,9 @@ from PIL import Image
 
 from levit_edge.data.sources import DataSpec
 from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.flows.export import run_export
+from levit_edge.flows.job import ExportJob
 from levit_edge.model.load import ModelSpec
-from levit_edge.pipeline import ExportJob, run_export
 
 Fixture = tuple[DatasetPaths, FixtureResult, Path]
 TESTS = Path(__file__).resolve().parent
@@ -977,7 +978,7 @@ def outcomes(trained_fixture: Fixture, tmp_path_factory: pytest.TempPathFactory)
         [sys.executable, str(TESTS / "cli_batch.py"), str(spec), str(results_path)],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,  # a hang guard only: each job has its own 120 s limit
         env={**os.environ, "COLUMNS": "200"},
     )
     assert proc.returncode == 0, proc.stderr[-5000:]

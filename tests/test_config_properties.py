@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from levit_edge.cli.cmd_bench import _ints
 from levit_edge.errors import UserError
 from levit_edge.export.onnx import MAX_OPSET, MIN_OPSET, ExportSettings
-from levit_edge.pipeline import EngineOptions
+from levit_edge.flows.job import EngineOptions
 from levit_edge.settings import (
     _PATH_KEYS,
     CALIB_METHODS,

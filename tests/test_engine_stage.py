@@ -106,8 +106,9 @@ def test_failure_inside_build_engine_is_recorded(
     (as a parse or build error would fail inside it): recorded as 'failed', CPU artifacts kept."""
     from levit_edge.backends import tensorrt as backend
     from levit_edge.data.sources import DataSpec
+    from levit_edge.flows.export import run_export
+    from levit_edge.flows.job import ExportJob
     from levit_edge.model.load import ModelSpec
-    from levit_edge.pipeline import ExportJob, run_export
     from levit_edge.settings import Targets
 
     monkeypatch.syspath_prepend(str(inputs["broken"]))
@@ -134,10 +135,12 @@ def test_failure_inside_build_engine_is_recorded(
 def test_bench_loads_version_compatible_plans_as_such(tmp_path: Path) -> None:
     """bench hands the run's own version_compatible option to the engine runner (a version-compatible
     plan embeds the lean runtime and loads only with host code allowed)."""
-    from levit_edge.bench import plan_is_version_compatible
+    from levit_edge.flows.bench import plan_is_version_compatible
+    from levit_edge.runs.finished import FinishedRun
 
-    assert plan_is_version_compatible(tmp_path) is False  # no report: the safe default
+    run = FinishedRun(tmp_path)
+    assert plan_is_version_compatible(run) is False  # no report: the safe default
     for value, expected in ((True, True), (False, False), ("yes", False)):
         report = {"options": {"engine": {"version_compatible": value}}}
         (tmp_path / "report.json").write_text(json.dumps(report))
-        assert plan_is_version_compatible(tmp_path) is expected
+        assert plan_is_version_compatible(run) is expected

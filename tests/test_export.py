@@ -20,6 +20,7 @@ from onnx import helper
 
 from levit_edge.data.preprocess import PreprocessConfig
 from levit_edge.errors import UserError
+from levit_edge.export.metadata import model_metadata
 from levit_edge.export.onnx import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -33,7 +34,6 @@ from levit_edge.export.onnx import (
 )
 from levit_edge.model.fuse import FusedLevit, fuse_levit, max_relative_diff
 from levit_edge.model.load import LoadedModel, ModelSpec, load_model
-from levit_edge.pipeline import model_metadata
 
 NAME = "levit_128s"
 IMG = 112

@@ -370,7 +370,8 @@ def test_export_of_an_ill_conditioned_checkpoint(tmp_path: Path) -> None:
     """The whole export runs and reports the fusion check and the fp32 deviation separately."""
     from helpers import save_state_dict
 
-    from levit_edge.pipeline import ExportJob, run_export
+    from levit_edge.flows.export import run_export
+    from levit_edge.flows.job import ExportJob
 
     checkpoint = save_state_dict(ill_conditioned_levit(), tmp_path / "ill.pth")
     job = ExportJob(model=ModelSpec("levit_128s", checkpoint, CLASSES, IMG), out=tmp_path, name="r")

@@ -11,10 +11,13 @@ import math
 import numpy as np
 import pytest
 
+from levit_edge.artifacts import Status
 from levit_edge.errors import UserError
 from levit_edge.settings import GateSettings
-from levit_edge.validate.gate import FAILED, PASSED, apply_gate
+from levit_edge.validate.gate import apply_gate
 from levit_edge.validate.metrics import Accuracy, Comparison, compare, mean_cosine, mean_kl, topk_accuracy
+
+PASSED, FAILED = Status.PASSED, Status.FAILED
 
 
 def ranked_logits(ranks: list[int], labels: list[int], classes: int) -> np.ndarray:

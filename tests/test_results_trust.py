@@ -25,8 +25,9 @@ import torch
 
 from levit_edge.data.sources import DataSpec
 from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.flows.export import run_export
+from levit_edge.flows.job import ExportJob
 from levit_edge.model.load import ModelSpec, load_model
-from levit_edge.pipeline import ExportJob, run_export
 
 Fixture = tuple[DatasetPaths, FixtureResult, Path]
 pytestmark = pytest.mark.slow

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from levit_edge import pipeline
 from levit_edge.data.sources import DataSpec, open_source
 from levit_edge.errors import UserError
 from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.flows.export import run_export
+from levit_edge.flows.job import ExportJob
 from levit_edge.io import write_atomic
 from levit_edge.model.load import ModelSpec
-from levit_edge.pipeline import ExportJob, run_export
+from levit_edge.runs.finished import FinishedRun
 from levit_edge.runs.layout import MANIFEST
 from levit_edge.runs.manifest import verify_manifest, write_manifest
 from levit_edge.runs.staging import StagedRun, staged_run
@@ -267,20 +268,17 @@ def test_sigkill_while_staging_leaves_a_run_that_verifies(tmp_path: Path) -> Non
     assert snapshot(run) == before  # rolled back: exactly the old run, staging folder removed
 
 
-def test_a_debug_save_that_fails_half_way_leaves_the_run_as_it_was(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_debug_save_that_fails_half_way_leaves_the_run_as_it_was(tmp_path: Path) -> None:
     run = make_run(tmp_path)
     before = snapshot(run)
 
-    def full_disk_at_html(folder: Path, report: dict[str, object]) -> None:
-        write_atomic(folder / "report.json", json.dumps(report))
+    def full_disk_at_html(folder: Path) -> None:
+        write_atomic(folder / "report.json", json.dumps({"sensitivity": []}))
         write_atomic(folder / "report.md", "# report\n")
         raise OSError(errno.ENOSPC, "No space left on device", str(folder / "report.html"))
 
-    monkeypatch.setattr(pipeline, "write_reports", full_disk_at_html)
     with pytest.raises(OSError):
-        pipeline.save_sections(run, {"sensitivity": []})
+        FinishedRun(run).rewrite(full_disk_at_html)
     assert snapshot(run) == before
     assert verify_manifest(run) == []
 

@@ -10,8 +10,9 @@ import onnxruntime as ort
 
 from levit_edge.data.sources import DataSpec
 from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.flows.export import run_export
+from levit_edge.flows.job import ExportJob
 from levit_edge.model.load import ModelSpec
-from levit_edge.pipeline import ExportJob, run_export
 from levit_edge.quant.fp16 import KEEP_FP32, float_regions_to_fp16
 from levit_edge.quant.trt_rules import check_trt_ready
 from levit_edge.settings import QuantSettings, Targets

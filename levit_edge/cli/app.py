@@ -10,16 +10,15 @@ Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import errno
-import os
 import signal
 import sys
 from types import FrameType
 from typing import NoReturn
 
 import typer
-from rich.console import Console
 
 from levit_edge import __version__
+from levit_edge.cli.consoles import console, err_console
 from levit_edge.errors import AccuracyGateFailed, EngineUnavailable, RunMismatch, UserError
 
 app = typer.Typer(
@@ -33,18 +32,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-def _width(stream: object) -> int | None:
-    """Off a terminal (a CI log, a file), lines are never cut or wrapped at rich's 80 columns."""
-    isatty = getattr(stream, "isatty", None)
-    if os.environ.get("COLUMNS") or (isatty is not None and isatty()):
-        return None
-    return 100_000
-
-
-console = Console(stderr=False, highlight=False, width=_width(sys.stdout))
-err_console = Console(stderr=True, highlight=False, width=_width(sys.stderr))
 
 
 def _version(value: bool) -> None:
@@ -191,7 +178,7 @@ def _run(argv: list[str]) -> None:
 
 
 def result_document(result: object) -> dict[str, object]:
-    """The ``--json`` body of a run (a :class:`levit_edge.pipeline.RunResult`)."""
+    """The ``--json`` body of a run (a :class:`levit_edge.flows.job.RunResult`)."""
     report: dict[str, object] = getattr(result, "report", {}) or {}
     run_dir = getattr(result, "run_dir", None)
     files = sorted(p.name for p in run_dir.iterdir() if p.is_file()) if run_dir and run_dir.is_dir() else []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -70,44 +69,28 @@ def bench_cli(
     ),
 ) -> None:
     """Time PyTorch eager, ONNX Runtime FP32/INT8 and the TensorRT Q/DQ model (and engine) in one process."""
-    from levit_edge.bench import (
-        BenchSettings,
-        results_table,
-        run_dir_factories,
-        skipped_variants,
-        time_variants,
-    )
-    from levit_edge.pipeline import FP32_FILE, fixed_batch_of
+    from levit_edge.bench import BenchSettings, skipped_variants
+    from levit_edge.flows.bench import BenchVariants, bench_run
 
-    fixed = fixed_batch_of(run_dir / FP32_FILE) if (run_dir / FP32_FILE).is_file() else None
-    batch_values = tuple(b for b in _ints(batches or "1,16", "--batches") if b is not None)
-    if fixed is not None:
-        # the model takes exactly that batch: any other size would not run (or time a padded call)
-        if batches is not None and batch_values != (fixed,):
-            raise UserError(f"{run_dir} was exported with --batch {fixed}: --batches can only be {fixed}")
-        batch_values = (fixed,)
     settings = BenchSettings(
-        batches=batch_values,
+        batches=tuple(b for b in _ints(batches or "1,16", "--batches") if b is not None),
         threads=_ints(threads, "--threads", allow_all=True),
         rounds=rounds,
         per_round=repeat,
         warmup=warmup,
         budget_s=budget,
     )
-    if save and run_dir.is_dir():
-        from levit_edge.runs.layout import MANIFEST
-        from levit_edge.runs.manifest import require_intact
-
-        if (run_dir / MANIFEST).is_file():
-            require_intact(run_dir, "save benchmark results into")  # before minutes of timing
-    factories, input_size = run_dir_factories(run_dir, torch_models, compile_torch, openvino)
     for name, reason in skipped_variants(torch_models, compile_torch, openvino).items():
         log.info("skipped %s: %s", name, reason)
-    # the load before timing starts (the benchmark's own threads would count once it runs)
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    settings = BenchSettings(**{**settings.__dict__, "input_size": input_size, "load_average": load})
-    baselines = tuple(b for b in ("fp32", "torch") if b in factories)
-    results = time_variants(factories, settings, baselines, progress=lambda m: log.info("timing %s", m))
+    outcome = bench_run(
+        run_dir,
+        settings,
+        BenchVariants(torch=torch_models, compile=compile_torch, openvino=openvino),
+        save=save,
+        batches_given=batches is not None,
+        progress=lambda m: log.info("timing %s", m),
+    )
+    results, settings, baselines = outcome.results, outcome.settings, outcome.baselines
     table = Table(
         Column("variant", no_wrap=True),
         "batch",
@@ -136,14 +119,10 @@ def bench_cli(
         wide = console.options.update(max_width=100_000)
         width = max(console.width, console.measure(table, options=wide).maximum)
         Console(file=console.file, width=width, highlight=False, color_system=None).print(table)
-    if save:
-        from levit_edge.pipeline import save_bench
-
-        save_bench(run_dir, results_table(results), settings)
     best = {
         r.variant: r for r in results if r.batch == settings.batches[0] and r.threads == settings.threads[0]
     }
-    document = {"status": "ok", "run_dir": str(run_dir), "saved": save, "results": results_table(results)}
+    document = {"status": "ok", "run_dir": str(run_dir), "saved": save, "results": outcome.rows()}
     if "int8.ort" in best and "fp32" in best:
         summary(
             f"batch {settings.batches[0]}: int8.ort {best['int8.ort'].p50_ms:.2f} ms vs fp32 "
@@ -151,4 +130,4 @@ def bench_cli(
             document,
         )
     else:
-        summary(f"timed {len(factories)} variants at {len(settings.batches)} batch sizes", document)
+        summary(f"timed {outcome.variants} variants at {len(settings.batches)} batch sizes", document)

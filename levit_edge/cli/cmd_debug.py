@@ -84,17 +84,12 @@ def debug_cli(
     top-1 agreement and KL vs FP32 when that node alone stays in float. Ranked by the KL removed.
     """
     from levit_edge.errors import UserError
-    from levit_edge.pipeline import save_sections
-    from levit_edge.quant.sensitivity import measure_run
+    from levit_edge.flows.debug import debug_run
 
-    if samples < 0 or rank_images < 1 or top < 1:
-        raise UserError("--samples must be >= 0, --rank-images and --top >= 1")
-    if save and (run_dir / "manifest.json").is_file():
-        from levit_edge.runs.manifest import require_intact
-
-        require_intact(run_dir, "save the ranking into")  # before minutes of measuring
+    if top < 1:
+        raise UserError("--top must be >= 1")
     with RichHooks(lines=True) as hooks:
-        results = measure_run(
+        results = debug_run(
             run_dir,
             val,
             calib,
@@ -102,18 +97,11 @@ def debug_cli(
             rank_images,
             threads,
             lambda task: lambda done, total: hooks.progress(task, done, total),
+            save=save,
         )
     # node names are long and meant to be copied whole: off a terminal the console has no width limit
     for result in results:
         console.print(sensitivity_table(result, top))
-    if save:
-        save_sections(
-            run_dir,
-            {
-                "sensitivity": [row for r in results for row in r.rows()],
-                "sensitivity_info": [r.summary() for r in results],
-            },
-        )
     worst = ", ".join(f"{r.artifact}: {r.layers[0].node}" for r in results if r.layers)
     summary(
         f"most harmful layer {worst}" + (f"; saved in {run_dir / 'report.json'}" if save else ""),

@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from levit_edge.artifacts import Status
 from levit_edge.cli.app import app, result_document
 from levit_edge.cli.common import RichHooks, summary
 from levit_edge.cli.output import output_options
 from levit_edge.settings import DEFAULT_OPSET, CalibMethod, OrtProfileName, Target, load_config
 
 if TYPE_CHECKING:  # the pipeline (torch, timm) is imported when the command runs, not for --help
-    from levit_edge.pipeline import RunResult
+    from levit_edge.flows.job import RunResult
 
 _DATA = "Data"
 _QUANT = "Quantization"
@@ -185,7 +186,7 @@ def export_cli(
     # every parameter but --config is named like its config key (settings.CONFIG_KEYS)
     flags = {k: v for k, v in locals().items() if k != "config"}
     from levit_edge.api import export_job
-    from levit_edge.pipeline import run_export
+    from levit_edge.flows.export import run_export
 
     cfg: dict[str, Any] = load_config(config) if config else {}
     options = {**cfg, **{k: v for k, v in flags.items() if v is not None}}  # flag > config > default
@@ -210,7 +211,7 @@ def describe_result(result: RunResult) -> str:
     for art, info in rep.get("accuracy_budget", {}).get("artifacts", {}).items():
         if info.get("promoted"):
             parts.append(f"{art} with {len(info.get('float_layers') or [])} layer(s) in float,")
-    if result.status == "unvalidated":
+    if result.status == Status.UNVALIDATED:
         parts.append("accuracy NOT checked (no --val),")
     parts.append(f"report {result.run_dir / 'report.html'}")
     return " ".join(parts)

@@ -7,10 +7,12 @@ from typing import Literal
 
 import typer
 
+from levit_edge.artifacts import Status
 from levit_edge.cli.app import app, console
 from levit_edge.cli.common import summary
 from levit_edge.cli.output import output_options, set_result
 from levit_edge.errors import EngineUnavailable, UserError
+from levit_edge.runs.layout import PLAN_FILE, TIMING_CACHE
 
 HardwareCompatibility = Literal["none", "ampere_plus", "same_compute_capability"]
 
@@ -71,31 +73,14 @@ def build_engine_cli(
 
     Exit 4 where TensorRT or a GPU is missing, with the equivalent trtexec command to run on the target.
     """
-    from levit_edge.backends.tensorrt import (
-        TRTEXEC_LOCATIONS,
-        EngineSettings,
-        build_engine,
-        tensorrt_unavailable_reason,
-        trtexec_command,
-    )
-    from levit_edge.quant.trt_rules import check_trt_ready
+    from levit_edge.backends.tensorrt import TRTEXEC_LOCATIONS, EngineSettings
+    from levit_edge.flows.engine import build_engine_file
 
-    if not model.is_file():
-        raise UserError(f"model not found: {model}")
-    violations = check_trt_ready(model)
-    if violations:
-        raise UserError(
-            f"{model} is not TensorRT-ready: {violations[0]} (run 'levit-edge check-trt' for all)"
-        )
-    plan_path = plan or model.with_name("model.int8.plan")
-    if plan_path.is_dir() or (plan_path.is_symlink() and not plan_path.exists()):
-        raise UserError(f"--plan {plan_path} is a directory or a dangling link; give an engine file path")
-    if plan_path.exists() and not force:
-        raise UserError(f"{plan_path} already exists; pass --force to replace it")
-    settings = EngineSettings(
+    plan_path = plan or model.with_name(PLAN_FILE)
+    request = EngineSettings(
         onnx_path=model,
         plan_path=plan_path,
-        timing_cache_path=timing_cache or model.with_name("timing.cache"),
+        timing_cache_path=timing_cache or model.with_name(TIMING_CACHE),
         min_batch=min_batch,
         opt_batch=opt_batch,
         max_batch=max_batch,
@@ -103,26 +88,26 @@ def build_engine_cli(
         version_compatible=version_compatible,
         hardware_compatibility=hardware_compatibility,
     )
-    command = trtexec_command(settings)
-    reason = tensorrt_unavailable_reason(runner=False)  # building needs no CUDA binding
-    if reason is not None:
-        console.print(f"equivalent command on the target: {command}", markup=False, soft_wrap=True)
+    try:
+        outcome = build_engine_file(request, force=force)
+    except EngineUnavailable as exc:
+        trtexec = exc.result.trtexec
+        console.print(f"equivalent command on the target: {trtexec}", markup=False, soft_wrap=True)
         console.print(f"trtexec: {'; '.join(TRTEXEC_LOCATIONS)}", markup=False, soft_wrap=True)
-        set_result({"status": "no-engine", "model": str(model), "trtexec": command, "reason": reason})
-        raise EngineUnavailable(
-            f"{reason}; build on the target GPU (engines are specific to GPU and TensorRT version) with "
-            "'levit-edge build-engine' there or the trtexec command above"
+        set_result(
+            {"status": Status.NO_ENGINE, "model": str(model), "trtexec": trtexec, "reason": exc.result.reason}
         )
-    result = build_engine(settings)
+        raise
+    d = outcome.details
     summary(
-        f"engine {result.plan_path} built in {result.seconds:.1f}s with TensorRT {result.tensorrt_version} "
-        f"on {result.gpu_name}, batch {result.batch_range[0]}-{result.batch_range[2]}",
+        f"engine {plan_path} built in {d['seconds']:.1f}s with TensorRT {d['tensorrt_version']} "
+        f"on {d['gpu']}, batch {d['batch_range'][0]}-{d['batch_range'][2]}",
         {
             "status": "ok",
-            "plan": str(result.plan_path),
-            "seconds": result.seconds,
-            "tensorrt_version": result.tensorrt_version,
-            "gpu": result.gpu_name,
-            "batch_range": list(result.batch_range),
+            "plan": str(plan_path),
+            "seconds": d["seconds"],
+            "tensorrt_version": d["tensorrt_version"],
+            "gpu": d["gpu"],
+            "batch_range": d["batch_range"],
         },
     )

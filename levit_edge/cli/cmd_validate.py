@@ -50,7 +50,7 @@ def validate_cli(
     """
     from levit_edge.cli.cmd_export import describe_result
     from levit_edge.data.sources import DataSpec
-    from levit_edge.pipeline import validate_run
+    from levit_edge.flows.validate import validate_run
     from levit_edge.settings import GateSettings, RuntimeSettings
 
     spec = DataSpec(val, data_root, None, 0, skip_bad, exclude, class_order, class_list)

@@ -17,7 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from levit_edge.cli.app import console, err_console
+from levit_edge.cli.consoles import console, err_console
 from levit_edge.cli.output import MODE, log, set_result
 
 # Off a terminal a line is printed at each tenth of a task (and with -v at every update).

@@ -164,7 +164,7 @@ _OPTIONS = (
 
 def output_options(func: F) -> F:
     """Decorator (below ``@app.command``): add ``--json``, ``-q``, ``-v`` and ``--log-file`` to a command."""
-    from levit_edge.cli.app import console, err_console
+    from levit_edge.cli.consoles import console, err_console
 
     signature = inspect.signature(func, eval_str=True)
 

@@ -44,7 +44,6 @@ TYPES_CONFIG = "required_operators_and_types.config"
 OPTIMIZATION_STYLE = "Fixed"
 OPTIMIZATION_LEVEL = "all"
 TARGET_PLATFORM = "generic"  # the converter's default: no --target_platform
-RUNNER_PREFIX = "ort-format:"
 _ORT_LOGGER = "ort_format_model.utils"
 
 
@@ -369,39 +368,28 @@ def operators_of(models: Sequence[Path]) -> tuple[Operator, ...]:
 
 
 def ort_format_runners(result: OrtFormatResult, threads: int | None) -> dict[str, Runner]:
-    """Runners for the ``.ort`` models, keyed ``ort-format:<artifact>``, as a minimal build runs them
-    (no graph optimization at load: everything was applied at conversion)."""
+    """Runners for the ``.ort`` models, keyed by file name, as a minimal build runs them (no graph
+    optimization at load: everything was applied at conversion). They ride along the validation pass as
+    companions (levit_edge.validate.compare.evaluate), not as artifacts."""
     from levit_edge.backends.onnxruntime import OnnxRuntimeRunner
 
-    return {
-        f"{RUNNER_PREFIX}{m.artifact}": OnnxRuntimeRunner(m.path, threads, optimization="disable")
-        for m in result.models
-    }
+    return {m.path.name: OnnxRuntimeRunner(m.path, threads, optimization="disable") for m in result.models}
 
 
-def split_parity(evaluation: Evaluation, result: OrtFormatResult) -> tuple[Evaluation, dict[str, Any]]:
-    """Take the ``.ort`` runners' outputs out of ``evaluation`` and compare each with its source model's.
-
-    Returns the evaluation without them (so gates and accuracy tables see only the usual artifacts) and
-    ``{ort file name: parity}`` on the validation images.
-    """
-    from dataclasses import replace
-
+def validation_parity(evaluation: Evaluation, result: OrtFormatResult) -> dict[str, Any]:
+    """``{ort file name: parity}``: each ``.ort`` model's outputs on the validation images compared with
+    its source model's."""
     parity: dict[str, Any] = {}
     for m in result.models:
-        key = f"{RUNNER_PREFIX}{m.artifact}"
-        if key in evaluation.logits and m.artifact in evaluation.logits:
-            parity[m.path.name] = {
-                **compare_outputs(evaluation.logits[m.artifact], evaluation.logits[key]),
-                "against": m.source.name,
-                "inputs": "validation images",
-            }
-            latencies = evaluation.latencies_ms.get(key) or []
-            if len(latencies) > 1:
-                parity[m.path.name]["p50_ms"] = float(np.percentile(latencies[1:], 50))
-    kept = replace(
-        evaluation,
-        logits={k: v for k, v in evaluation.logits.items() if not k.startswith(RUNNER_PREFIX)},
-        latencies_ms={k: v for k, v in evaluation.latencies_ms.items() if not k.startswith(RUNNER_PREFIX)},
-    )
-    return kept, parity
+        ort_logits = evaluation.companion_logits.get(m.path.name)
+        if ort_logits is None or m.artifact not in evaluation.logits:
+            continue
+        parity[m.path.name] = {
+            **compare_outputs(evaluation.logits[m.artifact], ort_logits),
+            "against": m.source.name,
+            "inputs": "validation images",
+        }
+        latencies = evaluation.companion_latencies_ms.get(m.path.name) or []
+        if len(latencies) > 1:
+            parity[m.path.name]["p50_ms"] = float(np.percentile(latencies[1:], 50))
+    return parity

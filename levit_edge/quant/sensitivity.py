@@ -376,80 +376,6 @@ def _or_nan(v: float | None) -> float:
 # ---- a finished run ---------------------------------------------------------------------------------
 
 
-def measure_run(
-    run_dir: Path,
-    val: Path | None = None,
-    calib: Path | None = None,
-    samples: int = SQNR_SAMPLES,
-    rank_images: int = RANK_IMAGES,
-    threads: int | None = None,
-    progress: Callable[[str], Progress | None] | None = None,
-) -> list[Sensitivity]:
-    """Sensitivity of every INT8 model in a run directory (``levit-edge debug``).
-
-    Validation and calibration images default to the ones recorded in the run's manifest.
-    """
-    from levit_edge.data.sources import DataSpec, open_source
-    from levit_edge.errors import UserError
-    from levit_edge.io import read_json
-    from levit_edge.pipeline import ARTIFACT_FILES, FP32_FILE, MANIFEST, preprocess_from_onnx
-    from levit_edge.quant.profiles import PROFILES
-
-    if not (run_dir / MANIFEST).is_file() or not (run_dir / FP32_FILE).is_file():
-        raise UserError(f"{run_dir} is not a complete run directory (no {MANIFEST} or {FP32_FILE})")
-    options = read_json(run_dir / MANIFEST).get("options", {})
-    artifacts = {
-        k: run_dir / f for k, f in ARTIFACT_FILES.items() if k.startswith("int8.") and k != "int8.plan"
-    }
-    artifacts = {k: p for k, p in artifacts.items() if p.is_file()}
-    if not artifacts:
-        raise UserError(f"{run_dir} has no INT8 ONNX model to analyse (export with --int8)")
-
-    def spec(given: Path | None, key: str, size: int) -> DataSpec:
-        recorded = options.get(key) or {}
-        path = given or (Path(recorded["path"]) if recorded.get("path") else None)
-        if path is None or not path.exists():
-            raise UserError(
-                f"no {key} images: the run recorded {recorded.get('path') or 'none'}; "
-                f"pass --{key} DIR|LIST|NPY"
-            )
-        root = recorded.get("data_root") if given is None else None
-        return DataSpec(path, Path(root) if root else None, size, int(recorded.get("seed") or 0))
-
-    preprocess, _names, _n = preprocess_from_onnx(run_dir / FP32_FILE)
-    val_source = open_source(spec(val, "val", rank_images))
-    rank = load_images(val_source.batches(preprocess, 32))
-    rank_batches = [rank[i : i + 32] for i in range(0, len(rank), 32)]
-    calib_images = (
-        load_images(open_source(spec(calib, "calib", samples)).batches(preprocess, 32), samples)
-        if samples > 0
-        else np.zeros((0, *preprocess.input_size), np.float32)
-    )
-    fp32_logits = run_logits(run_dir / FP32_FILE, rank_batches, threads)
-    out = []
-    for key, path in artifacts.items():
-        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        profile = PROFILES.get(meta.get("levit_edge.quant_profile", ""))
-        if profile is None:
-            raise UserError(
-                f"{path.name}: no levit_edge.quant_profile metadata (not a levit-edge INT8 model)"
-            )
-        out.append(
-            measure(
-                key,
-                profile,
-                run_dir / FP32_FILE,
-                path,
-                calib_images,
-                rank_batches,
-                fp32_logits,
-                threads,
-                progress(f"sensitivity {key}") if progress else None,
-            )
-        )
-    return out
-
-
 # ---- images ----------------------------------------------------------------------------------------
 
 
@@ -483,7 +409,6 @@ __all__ = [
     "float_only",
     "load_images",
     "measure",
-    "measure_run",
     "quantized_inputs",
     "quantized_nodes",
     "weight_sqnr",

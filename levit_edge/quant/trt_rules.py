@@ -43,7 +43,7 @@ __all__ = [
     "Violation",
     "check_trt_ready",
     "count_qdq",
-    "load_model",
+    "read_onnx_model",
 ]
 
 #: Oldest TensorRT the checked model must build on: JetPack 6.1/6.2 ship TensorRT 10.3.
@@ -122,7 +122,7 @@ class Violation:
         return f"{self.node}: {self.message}"
 
 
-def load_model(model: onnx.ModelProto | Path | str) -> tuple[onnx.ModelProto, Path | None]:
+def read_onnx_model(model: onnx.ModelProto | Path | str) -> tuple[onnx.ModelProto, Path | None]:
     """Return the model (loaded without external weights) and the folder external data lives in."""
     if isinstance(model, onnx.ModelProto):
         return model, None
@@ -138,7 +138,7 @@ def load_model(model: onnx.ModelProto | Path | str) -> tuple[onnx.ModelProto, Pa
 
 def count_qdq(model: onnx.ModelProto | Path | str) -> tuple[int, int]:
     """Number of (QuantizeLinear, DequantizeLinear) nodes in the main graph and its subgraphs."""
-    proto, _ = load_model(model)
+    proto, _ = read_onnx_model(model)
     n_q = n_dq = 0
     for node in _walk_nodes(proto.graph):
         if node.domain in _DEFAULT_DOMAINS:
@@ -159,7 +159,7 @@ def check_trt_ready(
     ``min_tensorrt`` is the oldest TensorRT the model must build on; ops the ONNX parser only
     gained later are flagged as ``unsupported-op``.
     """
-    proto, base_dir = load_model(model)
+    proto, base_dir = read_onnx_model(model)
     return _Checker(proto, base_dir, min_tensorrt).run()
 
 

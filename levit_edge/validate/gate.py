@@ -5,24 +5,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from levit_edge.artifacts import Status
 from levit_edge.settings import GateSettings
 from levit_edge.validate.metrics import Comparison
-
-PASSED = "passed"
-FAILED = "failed-accuracy"
 
 
 @dataclass(frozen=True)
 class GateResult:
     """Whether every gated artifact stayed within the allowed drop."""
 
-    status: str
+    status: Status
     max_drop: float
     failures: tuple[str, ...]
 
     @property
     def passed(self) -> bool:
-        return self.status == PASSED
+        return self.status is Status.PASSED
 
 
 def apply_gate(comparisons: Mapping[str, Comparison], settings: GateSettings) -> GateResult:
@@ -33,4 +31,4 @@ def apply_gate(comparisons: Mapping[str, Comparison], settings: GateSettings) ->
         for name, c in sorted(comparisons.items())
         if c.drop > settings.max_drop + 1e-9
     )
-    return GateResult(FAILED if failures else PASSED, settings.max_drop, failures)
+    return GateResult(Status.FAILED if failures else Status.PASSED, settings.max_drop, failures)

@@ -1,0 +1,72 @@
+"""Reopening a finished run: the one way validate, bench and debug read a run directory and write back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from levit_edge.artifacts import Artifact
+from levit_edge.errors import UserError
+from levit_edge.io import read_json
+from levit_edge.runs.layout import ARTIFACT_FILES, FP32_FILE, MANIFEST, ONNX_ARTIFACTS, REPORT_JSON
+from levit_edge.runs.manifest import require_intact
+from levit_edge.runs.update import update_run
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A run directory as a later command sees it: its files, its manifest and its report."""
+
+    path: Path
+
+    @classmethod
+    def open(cls, path: Path, action: str | None = None, *, manifest: bool = True) -> FinishedRun:
+        """The run at ``path``; a UserError unless it holds the FP32 model (and, with ``manifest``, its
+        manifest.json). With ``action`` (what the command will do to it, for the error line) every file
+        must match the manifest first: a command that rewrites a run never re-hashes someone's edit."""
+        if not path.is_dir():
+            raise UserError(f"not a run directory: {path}")
+        if manifest and not (path / MANIFEST).is_file():
+            raise UserError(f"{path} is not a complete run directory (no {MANIFEST})")
+        if not (path / FP32_FILE).is_file():
+            raise UserError(f"{path} has no {FP32_FILE}: not a levit-edge run directory")
+        if action is not None:
+            require_intact(path, action)  # before reading a model that may have been swapped
+        return cls(path)
+
+    @property
+    def fp32(self) -> Path:
+        return self.path / FP32_FILE
+
+    def file(self, artifact: Artifact) -> Path | None:
+        """The artifact's file, or None where the run has none."""
+        path = self.path / ARTIFACT_FILES[artifact]
+        return path if path.is_file() else None
+
+    def onnx_models(self, int8_only: bool = False) -> dict[Artifact, Path]:
+        """The run's ONNX models ONNX Runtime can run, by artifact."""
+        found = {a: self.file(a) for a in ONNX_ARTIFACTS if not (int8_only and a is Artifact.FP32)}
+        return {a: p for a, p in found.items() if p is not None}
+
+    def manifest(self) -> dict[str, Any]:
+        return read_json(self.path / MANIFEST)
+
+    def report(self) -> dict[str, Any]:
+        return read_json(self.path / REPORT_JSON)
+
+    def options(self) -> dict[str, Any]:
+        """The options the run was exported with (manifest.json ``options``; empty without a manifest)."""
+        if not (self.path / MANIFEST).is_file():
+            return {}
+        options = self.manifest().get("options")
+        return options if isinstance(options, dict) else {}
+
+    def rewrite(
+        self, write: Callable[[Path], None], changes: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Rewrite files of the run (``write(folder)``) and its manifest as one all-or-nothing step
+        (levit_edge/runs/update.py); ``changes`` replace manifest keys. Returns the new manifest."""
+        body = {k: v for k, v in self.manifest().items() if k not in ("files", "schema_version")}
+        return update_run(self.path, write, {**body, **(changes or {})})
