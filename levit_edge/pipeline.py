@@ -40,7 +40,7 @@ from levit_edge.quant.fallback import Outcome, Target, accuracy_aware, report_se
 from levit_edge.quant.profiles import ORT_PROFILES, PROFILES, TRT_PROFILE, QuantProfile
 from levit_edge.quant.quantize import QuantResult, quantize
 from levit_edge.report.manifest import MANIFEST, staged_run, update_run, write_manifest
-from levit_edge.report.render import write_reports
+from levit_edge.report.write import write_reports
 from levit_edge.settings import FallbackSettings, GateSettings, QuantSettings, RuntimeSettings, Targets
 from levit_edge.validate.compare import Evaluation, evaluate
 from levit_edge.validate.gate import FAILED, PASSED, GateResult, apply_gate
