@@ -181,7 +181,8 @@ def run_dir_factories(
         factories[key] = _ort_factory(path)
     plan = run_dir / ARTIFACT_FILES["int8.plan"]
     if plan.is_file():
-        from levit_edge.backends.tensorrt import TensorRTRunner, tensorrt_unavailable_reason
+        from levit_edge.backends.tensorrt import TensorRTRunner
+        from levit_edge.backends.trt_env import tensorrt_unavailable_reason
 
         if tensorrt_unavailable_reason() is None:
             compatible = plan_is_version_compatible(run_dir)

@@ -415,7 +415,7 @@ def _runners(run_dir: Path, job: ExportJob, with_engine: bool) -> dict[str, Runn
 
 
 def _engine_settings(run_dir: Path, job: ExportJob) -> Any:
-    from levit_edge.backends.tensorrt import EngineSettings
+    from levit_edge.backends.trt_build import EngineSettings
 
     max_batch = job.export.batch or job.engine.max_batch
     return EngineSettings(
@@ -436,12 +436,9 @@ def _maybe_build_engine(
 ) -> tuple[str | None, dict[str, Any], str]:
     """Build the engine where asked and possible: (reason it is missing or None, report's ``engine``
     section, trtexec line). A TensorRT failure is recorded, not raised: the CPU artifacts stay."""
-    from levit_edge.backends.tensorrt import (
-        build_engine,
-        cuda_binding_unavailable_reason,
-        tensorrt_unavailable_reason,
-        trtexec_command,
-    )
+    from levit_edge.backends.trt_build import build_engine, trtexec_command
+    from levit_edge.backends.trt_cuda import cuda_binding_unavailable_reason
+    from levit_edge.backends.trt_env import tensorrt_unavailable_reason
 
     settings = _engine_settings(run_dir, job)
     trtexec = trtexec_command(settings, base=run_dir)  # paths relative to the finished run

@@ -60,7 +60,7 @@ def model_args(fx: Fixture) -> list[str]:
 
 
 def engine_missing() -> str | None:
-    from levit_edge.backends.tensorrt import tensorrt_unavailable_reason
+    from levit_edge.backends.trt_env import tensorrt_unavailable_reason
 
     return tensorrt_unavailable_reason()
 

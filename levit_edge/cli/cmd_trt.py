@@ -71,13 +71,8 @@ def build_engine_cli(
 
     Exit 4 where TensorRT or a GPU is missing, with the equivalent trtexec command to run on the target.
     """
-    from levit_edge.backends.tensorrt import (
-        TRTEXEC_LOCATIONS,
-        EngineSettings,
-        build_engine,
-        tensorrt_unavailable_reason,
-        trtexec_command,
-    )
+    from levit_edge.backends.trt_build import TRTEXEC_LOCATIONS, EngineSettings, build_engine, trtexec_command
+    from levit_edge.backends.trt_env import tensorrt_unavailable_reason
     from levit_edge.quant.trt_rules import check_trt_ready
 
     if not model.is_file():
