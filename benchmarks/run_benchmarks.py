@@ -431,7 +431,8 @@ def _lever_artifacts(
     """Every (graph, recipe) model as an ONNX file; the FP32 one as (graph, 'fp32')."""
     from levers import RECIPES
 
-    from levit_edge.data.sources import DataSpec, open_source
+    from levit_edge.data.open_source import open_source
+    from levit_edge.data.sources import DataSpec
     from levit_edge.quant.calibrate import calibrate
     from levit_edge.quant.quantize import quantize
     from levit_edge.settings import QuantSettings
@@ -573,8 +574,9 @@ def _interleaved_cpu(
 def lever_accuracy(fixture: Path, work: Path) -> dict[str, Any]:
     """Top-1 of FP32 and every (graph, recipe) INT8 model of the trained fixture on its validation split."""
     from levit_edge.backends.onnxruntime import OnnxRuntimeRunner
+    from levit_edge.data.open_source import open_source
     from levit_edge.data.preprocess import PreprocessConfig
-    from levit_edge.data.sources import DataSpec, open_source
+    from levit_edge.data.sources import DataSpec
     from levit_edge.validate.compare import evaluate
 
     meta = json.loads((fixture / "result.json").read_text())

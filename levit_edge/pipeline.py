@@ -21,8 +21,9 @@ import torch
 from levit_edge import __version__
 from levit_edge.backends.base import Runner
 from levit_edge.backends.onnxruntime import OnnxRuntimeRunner
+from levit_edge.data.open_source import open_source
 from levit_edge.data.preprocess import PreprocessConfig
-from levit_edge.data.sources import DataSpec, ImageSource, open_source
+from levit_edge.data.sources import DataSpec, ImageSource
 from levit_edge.errors import AccuracyGateFailed, EngineUnavailable, UserError
 from levit_edge.export.onnx import (
     ExportSettings,

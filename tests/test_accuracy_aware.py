@@ -22,7 +22,8 @@ import numpy as np
 import onnx
 import pytest
 
-from levit_edge.data.sources import DataSpec, open_source
+from levit_edge.data.open_source import open_source
+from levit_edge.data.sources import DataSpec
 from levit_edge.errors import UserError
 from levit_edge.fixture import DatasetPaths, FixtureResult
 from levit_edge.pipeline import preprocess_from_onnx

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from levit_edge import pipeline
-from levit_edge.data.sources import DataSpec, open_source
+from levit_edge.data.open_source import open_source
+from levit_edge.data.sources import DataSpec
 from levit_edge.errors import UserError
 from levit_edge.fixture import DatasetPaths, FixtureResult
 from levit_edge.model.load import ModelSpec

@@ -389,7 +389,8 @@ def measure_run(
 
     Validation and calibration images default to the ones recorded in the run's manifest.
     """
-    from levit_edge.data.sources import DataSpec, open_source
+    from levit_edge.data.open_source import open_source
+    from levit_edge.data.sources import DataSpec
     from levit_edge.errors import UserError
     from levit_edge.pipeline import ARTIFACT_FILES, FP32_FILE, MANIFEST, preprocess_from_onnx
     from levit_edge.quant.profiles import PROFILES
