@@ -113,7 +113,7 @@ def describe_machine(m: dict[str, Any]) -> str:
 
 def calibration_array(work: Path, count: int, seed: int = 0) -> Path:
     """``count`` images of the fixture's procedural task as an (N, H, W, 3) uint8 .npy (made once)."""
-    from levit_edge.fixture import PATTERNS, render_image, render_size
+    from levit_edge.fixture.images import PATTERNS, render_image, render_size
 
     path = work / f"calib-{count}-{seed}.npy"
     if path.is_file():

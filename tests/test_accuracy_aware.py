@@ -25,7 +25,7 @@ import pytest
 from levit_edge.data.open_source import open_source
 from levit_edge.data.sources import DataSpec
 from levit_edge.errors import UserError
-from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.fixture.common import DatasetPaths, FixtureResult
 from levit_edge.pipeline import preprocess_from_onnx
 from levit_edge.quant import sensitivity
 from levit_edge.quant.calibrate import Calibration

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from levit_edge.data.sources import DataSpec
-from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.fixture.common import DatasetPaths, FixtureResult
 from levit_edge.model.load import ModelSpec
 from levit_edge.pipeline import ExportJob, run_export
 

@@ -22,7 +22,7 @@ from onnx import numpy_helper
 from PIL import Image
 
 from levit_edge.data.preprocess import PreprocessConfig
-from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.fixture.common import DatasetPaths, FixtureResult
 from levit_edge.model.load import sha256_file
 from levit_edge.quant.calibrate import Calibration
 from levit_edge.quant.profiles import ORT_PROFILE

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from levit_edge.data.sources import DataSpec
-from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.fixture.common import DatasetPaths, FixtureResult
 from levit_edge.model.load import ModelSpec, load_model
 from levit_edge.pipeline import ExportJob, run_export
 

@@ -24,7 +24,7 @@ from levit_edge import pipeline
 from levit_edge.data.open_source import open_source
 from levit_edge.data.sources import DataSpec
 from levit_edge.errors import UserError
-from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.fixture.common import DatasetPaths, FixtureResult
 from levit_edge.model.load import ModelSpec
 from levit_edge.pipeline import ExportJob, run_export
 from levit_edge.report.manifest import (

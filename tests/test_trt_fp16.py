@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 
 from levit_edge.data.sources import DataSpec
-from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.fixture.common import DatasetPaths, FixtureResult
 from levit_edge.model.load import ModelSpec
 from levit_edge.pipeline import ExportJob, run_export
 from levit_edge.quant.fp16 import KEEP_FP32, float_regions_to_fp16
