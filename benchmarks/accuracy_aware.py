@@ -303,7 +303,7 @@ def main() -> None:
         write_section(render(json.loads(RESULT.read_text())))
         return
 
-    from levit_edge.fixture import ensure_fixture
+    from levit_edge.fixture.cache import ensure_fixture
 
     fx = ensure_fixture(args.fixture)
     data = fx[0]

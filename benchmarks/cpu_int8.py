@@ -152,8 +152,9 @@ def fixture_accuracy(fixture: Path, out: Path) -> dict[str, Any]:
     import onnxruntime as ort
     import torch
 
+    from levit_edge.data.open_source import open_source
     from levit_edge.data.preprocess import PreprocessConfig
-    from levit_edge.data.sources import DataSpec, open_source
+    from levit_edge.data.sources import DataSpec
     from levit_edge.export.onnx import ExportSettings, export_onnx
     from levit_edge.export.ort_levers import fuse_attention
     from levit_edge.model.fuse import fuse_levit

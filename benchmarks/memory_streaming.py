@@ -121,7 +121,8 @@ def export_models(work: Path, model: str, calib_list: Path, images: Path) -> Pat
 
 def child(step: str, run_dir: Path, listing: Path, images: Path, batch_size: int) -> dict[str, Any]:
     from levit_edge.backends.onnxruntime import OnnxRuntimeRunner
-    from levit_edge.data.sources import DataSpec, open_source
+    from levit_edge.data.open_source import open_source
+    from levit_edge.data.sources import DataSpec
     from levit_edge.export.metadata import preprocess_from_onnx
     from levit_edge.quant.calibrate import calibrate
     from levit_edge.runs.layout import ARTIFACT_FILES

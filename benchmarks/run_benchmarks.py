@@ -113,7 +113,7 @@ def describe_machine(m: dict[str, Any]) -> str:
 
 def calibration_array(work: Path, count: int, seed: int = 0) -> Path:
     """``count`` images of the fixture's procedural task as an (N, H, W, 3) uint8 .npy (made once)."""
-    from levit_edge.fixture import PATTERNS, render_image, render_size
+    from levit_edge.fixture.images import PATTERNS, render_image, render_size
 
     path = work / f"calib-{count}-{seed}.npy"
     if path.is_file():
@@ -433,7 +433,8 @@ def _lever_artifacts(
     """Every (graph, recipe) model as an ONNX file; the FP32 one as (graph, 'fp32')."""
     from levers import RECIPES
 
-    from levit_edge.data.sources import DataSpec, open_source
+    from levit_edge.data.open_source import open_source
+    from levit_edge.data.sources import DataSpec
     from levit_edge.quant.calibrate import calibrate
     from levit_edge.quant.quantize import quantize
     from levit_edge.settings import QuantSettings
@@ -575,8 +576,9 @@ def _interleaved_cpu(
 def lever_accuracy(fixture: Path, work: Path) -> dict[str, Any]:
     """Top-1 of FP32 and every (graph, recipe) INT8 model of the trained fixture on its validation split."""
     from levit_edge.backends.onnxruntime import OnnxRuntimeRunner
+    from levit_edge.data.open_source import open_source
     from levit_edge.data.preprocess import PreprocessConfig
-    from levit_edge.data.sources import DataSpec, open_source
+    from levit_edge.data.sources import DataSpec
     from levit_edge.validate.compare import evaluate
 
     meta = json.loads((fixture / "result.json").read_text())

@@ -223,7 +223,7 @@ def validate_engine(
 
 
 def _build(args: argparse.Namespace) -> None:
-    from levit_edge.backends.tensorrt import EngineSettings, build_engine
+    from levit_edge.backends.trt_build import EngineSettings, build_engine
 
     model: Path = args.model
     if not model.is_file():

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from levit_edge.fixture import DatasetPaths, FixtureResult, ensure_fixture
+from levit_edge.fixture.cache import ensure_fixture
+from levit_edge.fixture.common import DatasetPaths, FixtureResult
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

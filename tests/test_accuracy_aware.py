@@ -22,10 +22,11 @@ import numpy as np
 import onnx
 import pytest
 
-from levit_edge.data.sources import DataSpec, open_source
+from levit_edge.data.open_source import open_source
+from levit_edge.data.sources import DataSpec
 from levit_edge.errors import UserError
 from levit_edge.export.metadata import preprocess_from_onnx
-from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.fixture.common import DatasetPaths, FixtureResult
 from levit_edge.quant import sensitivity
 from levit_edge.quant.calibrate import Calibration
 from levit_edge.quant.fallback import qdq_sqnr, tune_ranges

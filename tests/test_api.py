@@ -83,8 +83,9 @@ def _tiny_conv_model(path: Path) -> Path:
 
 
 def test_quantize_leaves_the_root_logger_as_it_was(tmp_path: Path) -> None:
+    from levit_edge.data.open_source import open_source
     from levit_edge.data.preprocess import PreprocessConfig
-    from levit_edge.data.sources import DataSpec, open_source
+    from levit_edge.data.sources import DataSpec
     from levit_edge.quant.calibrate import calibrate
     from levit_edge.quant.profiles import TRT_PROFILE
     from levit_edge.quant.quantize import quantize

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from levit_edge.data.sources import DataSpec
-from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.fixture.common import DatasetPaths, FixtureResult
 from levit_edge.flows.export import run_export
 from levit_edge.flows.job import ExportJob
 from levit_edge.model.load import ModelSpec

@@ -26,10 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 BOARD_MODULES = (
     "levit_edge/__init__.py",
     "levit_edge/errors.py",
+    "levit_edge/io.py",
     "levit_edge/board.py",
     "levit_edge/backends/__init__.py",
     "levit_edge/backends/base.py",
     "levit_edge/backends/tensorrt.py",
+    "levit_edge/backends/trt_build.py",
+    "levit_edge/backends/trt_cuda.py",
+    "levit_edge/backends/trt_env.py",
 )
 THIRD_PARTY = {"numpy", "PIL", "tensorrt", "cuda", "pycuda"}
 #: Imported only by functions the board never calls (the trtexec line reads the ONNX input shape).

@@ -16,8 +16,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from levit_edge.data.open_source import open_source
 from levit_edge.data.preprocess import PreprocessConfig
-from levit_edge.data.sources import DataSpec, open_source
+from levit_edge.data.sources import DataSpec
 from levit_edge.errors import UserError
 from levit_edge.quant.calibrate import Calibration, calibrate
 from levit_edge.settings import QuantSettings

@@ -7,37 +7,37 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from levit_edge.backends import tensorrt as backend
+from levit_edge.backends import trt_cuda, trt_env
 
 
 def _driver_reason() -> str | None:
     try:
-        count = backend._cuda_device_count()
+        count = trt_cuda.cuda_device_count()
     except OSError as exc:
         return f"no CUDA driver: {exc}"
     return None if count > 0 else "no CUDA GPU"
 
 
 DRIVER = _driver_reason()
-BINDING = backend.cuda_binding_unavailable_reason()
+BINDING = trt_cuda.cuda_binding_unavailable_reason()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(DRIVER is not None, reason=str(DRIVER))]
 
 
 def test_driver_names_the_gpu_without_pycuda() -> None:
-    name = backend._gpu_name()
+    name = trt_cuda.gpu_name()
     assert name and name != "unknown GPU"
-    assert backend._gpu_name(device=10_000) == "unknown GPU"  # no such device: no exception
+    assert trt_cuda.gpu_name(device=10_000) == "unknown GPU"  # no such device: no exception
 
 
 def test_build_needs_tensorrt_only() -> None:
-    reason = backend.tensorrt_unavailable_reason(runner=False)
+    reason = trt_env.tensorrt_unavailable_reason(runner=False)
     assert reason is None or "TensorRT" in reason  # never a CUDA binding or driver complaint here
 
 
 @pytest.mark.skipif(BINDING is not None, reason=str(BINDING))
 @pytest.mark.parametrize("n", [1, 4097, 3 * 224 * 224 * 8])
 def test_device_memory_round_trip(n: int) -> None:
-    binding = backend._cuda_binding()(0)
+    binding = trt_cuda.cuda_binding()(0)
     try:
         assert binding.stream_handle != 0
         data = np.random.default_rng(n).standard_normal(n).astype(np.float32)

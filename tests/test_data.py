@@ -10,18 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from levit_edge.data.list_format import ListEntry, format_list, parse_list, read_list_file
 from levit_edge.data.lists import select_balanced, write_calibration_list
+from levit_edge.data.open_source import open_source
 from levit_edge.data.preprocess import PreprocessConfig
-from levit_edge.data.sources import (
-    Batch,
-    DataSpec,
-    ImageSource,
-    ListEntry,
-    format_list,
-    open_source,
-    parse_list,
-    read_list_file,
-)
+from levit_edge.data.sources import Batch, DataSpec, ImageSource
 from levit_edge.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]

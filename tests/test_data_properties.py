@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from levit_edge.data.sources import ListEntry, format_list, parse_list
+from levit_edge.data.list_format import ListEntry, format_list, parse_list
 from levit_edge.errors import UserError
 
 # Per-test settings (not a loaded profile, which would change every other test module's settings too).

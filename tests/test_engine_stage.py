@@ -104,7 +104,7 @@ def test_failure_inside_build_engine_is_recorded(
 ) -> None:
     """The availability pre-check is skipped, so build_engine itself meets the failing TensorRT import
     (as a parse or build error would fail inside it): recorded as 'failed', CPU artifacts kept."""
-    from levit_edge.backends import tensorrt as backend
+    from levit_edge.backends import trt_env as backend
     from levit_edge.data.sources import DataSpec
     from levit_edge.flows.export import run_export
     from levit_edge.flows.job import ExportJob

@@ -31,7 +31,7 @@ from levit_edge.export.ort_format import (
     ort_file_name,
     parse_config,
 )
-from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.fixture.common import DatasetPaths, FixtureResult
 from levit_edge.inspect import inspect_path
 from levit_edge.io import sha256_file
 from levit_edge.runs.manifest import verify_manifest

@@ -12,17 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from levit_edge.fixture import (
-    PATTERNS,
-    SPLITS,
-    DatasetPaths,
-    FixtureResult,
-    create_model,
-    ensure_fixture,
-    generate_dataset,
-    render_size,
-    train_fixture,
-)
+from levit_edge.fixture.cache import ensure_fixture
+from levit_edge.fixture.common import SPLITS, DatasetPaths, FixtureResult
+from levit_edge.fixture.images import PATTERNS, generate_dataset, render_size
+from levit_edge.fixture.train import create_model, train_fixture
 
 Fixture = tuple[DatasetPaths, FixtureResult, Path]
 
@@ -99,7 +92,7 @@ def test_training_is_deterministic_and_cache_reuses(tmp_path: Path) -> None:
 
 def test_cache_key_follows_what_changes_the_bits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Another CPU kernel set, torch build or thread count trains another checkpoint: another key."""
-    import levit_edge.fixture as fx
+    import levit_edge.fixture.cache as fx
 
     params = {"classes": 3, "epochs": 1}
     here = fx.build_identity()

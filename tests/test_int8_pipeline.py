@@ -22,7 +22,7 @@ from onnx import numpy_helper
 from PIL import Image
 
 from levit_edge.data.preprocess import PreprocessConfig
-from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.fixture.common import DatasetPaths, FixtureResult
 from levit_edge.io import sha256_file
 from levit_edge.quant.calibrate import Calibration
 from levit_edge.quant.profiles import ORT_PROFILE
@@ -60,7 +60,7 @@ def model_args(fx: Fixture) -> list[str]:
 
 
 def engine_missing() -> str | None:
-    from levit_edge.backends.tensorrt import tensorrt_unavailable_reason
+    from levit_edge.backends.trt_env import tensorrt_unavailable_reason
 
     return tensorrt_unavailable_reason()
 

@@ -38,7 +38,7 @@ from typing import Any
 import pytest
 
 from levit_edge.errors import UserError
-from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.fixture.common import DatasetPaths, FixtureResult
 from levit_edge.io import signals_deferred
 from levit_edge.pausepoint import ENV as PAUSE_ENV
 from levit_edge.runs.layout import MANIFEST

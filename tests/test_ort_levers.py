@@ -19,11 +19,12 @@ import pytest
 import torch
 from helpers import random_levit
 
+from levit_edge.data.open_source import open_source
 from levit_edge.data.preprocess import PreprocessConfig
-from levit_edge.data.sources import DataSpec, open_source
+from levit_edge.data.sources import DataSpec
 from levit_edge.export.onnx import ExportSettings, export_onnx
 from levit_edge.export.ort_levers import fuse_attention
-from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.fixture.common import DatasetPaths, FixtureResult
 from levit_edge.model.fuse import fuse_levit
 from levit_edge.model.load import ModelSpec, load_model
 from levit_edge.quant.calibrate import calibrate

@@ -14,8 +14,9 @@ import torch
 
 from levit_edge.backends.base import Runner
 from levit_edge.bench import INTERLEAVED_SESSION_CONFIG, BenchSettings, time_variants
+from levit_edge.data.open_source import open_source
 from levit_edge.data.preprocess import PreprocessConfig
-from levit_edge.data.sources import DataSpec, open_source
+from levit_edge.data.sources import DataSpec
 from levit_edge.errors import UserError
 from levit_edge.export.onnx import ExportSettings, export_onnx
 from levit_edge.model.fuse import fuse_levit

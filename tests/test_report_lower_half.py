@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from levit_edge.bench import BenchResult, BenchSettings
-from levit_edge.report.render import write_reports
+from levit_edge.report.write import write_reports
 
 ENV = {"python": "3.11.9", "platform": "Linux", "machine": "x86_64", "cpu": "Test CPU", "cpu_count": 2}
 

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from levit_edge.report import plots
-from levit_edge.report.render import md_escape, write_reports
+from levit_edge.report.markdown import md_escape
+from levit_edge.report.write import write_reports
 
 EVIL = "<script>alert(1)</script>"
 AMP = "a&b"

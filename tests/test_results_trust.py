@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from levit_edge.data.sources import DataSpec
-from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.fixture.common import DatasetPaths, FixtureResult
 from levit_edge.flows.export import run_export
 from levit_edge.flows.job import ExportJob
 from levit_edge.model.load import ModelSpec, load_model

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from levit_edge.data.sources import DataSpec, open_source
+from levit_edge.data.open_source import open_source
+from levit_edge.data.sources import DataSpec
 from levit_edge.errors import UserError
-from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.fixture.common import DatasetPaths, FixtureResult
 from levit_edge.flows.export import run_export
 from levit_edge.flows.job import ExportJob
 from levit_edge.io import write_atomic

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.fixture.common import DatasetPaths, FixtureResult
 
 Fixture = tuple[DatasetPaths, FixtureResult, Path]
 NETWORK_EXIT = 97

@@ -1,9 +1,9 @@
 """The TensorRT backend is type-checked against TensorRT's real Python API, not silently as ``Any``.
 
-TensorRT cannot be installed here, so ``levit_edge/backends/tensorrt.py`` is checked with mypy
-against the ``tensorrt-stubs`` package, patched by ``tools/trt_stubs.py``. These tests generate
+TensorRT cannot be installed here, so ``levit_edge/backends/tensorrt.py`` and ``trt_*.py`` are checked
+with mypy against the ``tensorrt-stubs`` package, patched by ``tools/trt_stubs.py``. These tests generate
 the patched stubs into a temporary folder, then run mypy (the project's ``[tool.mypy]`` settings with
-``mypy_path`` pointing at that folder) on the real module, which must pass, and
+``mypy_path`` pointing at that folder) on the real modules, which must pass, and
 on a copy with a misspelled TensorRT call, which must fail naming it. They are skipped only where
 ``tensorrt-stubs`` is not installed.
 """
@@ -23,7 +23,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "trt_stubs.py"
-BACKEND = ROOT / "levit_edge" / "backends" / "tensorrt.py"
+BACKEND = ROOT / "levit_edge" / "backends" / "tensorrt.py"  # the runner: where REAL_CALL is
+#: Every module that touches TensorRT's API: the runner, the build, availability and logger, CUDA.
+BACKENDS = [BACKEND, *(BACKEND.with_name(f"trt_{part}.py") for part in ("build", "env", "cuda"))]
 #: The call that the misspelled copy breaks, and what it becomes.
 REAL_CALL = ".execute_async_v3(cuda.stream_handle)"
 MISSPELLED_CALL = ".execute_async_v4(cuda.stream_handle)"
@@ -109,10 +111,10 @@ class StubsEnv:
     config: Path
     cache_dir: Path
 
-    def mypy(self, target: Path) -> MypyResult:
-        """mypy with the project's settings on ``target``, against the generated stubs.
+    def mypy(self, *targets: Path) -> MypyResult:
+        """mypy with the project's settings on ``targets``, against the generated stubs.
 
-        ``--follow-imports=silent`` reports errors in ``target`` only (other modules are checked
+        ``--follow-imports=silent`` reports errors in ``targets`` only (other modules are checked
         by CI's own mypy run; mypy still reads them, and follows stubs regardless).
         """
         proc = subprocess.run(
@@ -125,7 +127,7 @@ class StubsEnv:
                 "--cache-dir",
                 str(self.cache_dir),
                 "--follow-imports=silent",
-                str(target),
+                *(str(target) for target in targets),
             ],
             cwd=ROOT,
             capture_output=True,
@@ -165,9 +167,9 @@ def stubs_env(tmp_path_factory: pytest.TempPathFactory) -> StubsEnv:
 
 @needs_stubs
 def test_backend_type_checks_against_tensorrt_stubs(stubs_env: StubsEnv) -> None:
-    result = stubs_env.mypy(BACKEND)
+    result = stubs_env.mypy(*BACKENDS)
     assert result.returncode == 0, result.output
-    assert "Success: no issues found in 1 source file" in result.output, result.output
+    assert f"Success: no issues found in {len(BACKENDS)} source files" in result.output, result.output
 
 
 @needs_stubs

@@ -10,7 +10,7 @@ from pathlib import Path
 import helpers
 import pytest
 
-from levit_edge.fixture import DatasetPaths, FixtureResult
+from levit_edge.fixture.common import DatasetPaths, FixtureResult
 from levit_edge.runs.manifest import verify_manifest
 
 Fixture = tuple[DatasetPaths, FixtureResult, Path]

@@ -16,14 +16,9 @@ import onnx
 import pytest
 from onnx import helper
 
-from levit_edge.backends.tensorrt import (
-    EngineSettings,
-    TensorRTRunner,
-    build_engine,
-    onnx_input_shape,
-    tensorrt_unavailable_reason,
-    trtexec_command,
-)
+from levit_edge.backends.tensorrt import TensorRTRunner
+from levit_edge.backends.trt_build import EngineSettings, build_engine, onnx_input_shape, trtexec_command
+from levit_edge.backends.trt_env import tensorrt_unavailable_reason
 from levit_edge.errors import EngineUnavailable, UserError
 from levit_edge.quant.trt_rules import check_trt_ready
 
@@ -183,7 +178,7 @@ def test_trtexec_command_rejects_bad_inputs(exported: dict[str, Path], tmp_path:
 # --- without TensorRT -------------------------------------------------------------------------------
 def test_module_imports_without_tensorrt_or_pycuda() -> None:
     code = (
-        "import sys, levit_edge.backends.tensorrt as t; "
+        "import sys, levit_edge.backends.tensorrt, levit_edge.backends.trt_build; "
         "assert 'tensorrt' not in sys.modules and 'pycuda' not in sys.modules, sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

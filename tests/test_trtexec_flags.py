@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from levit_edge.backends.tensorrt import (
+from levit_edge.backends.trt_build import (
     HARDWARE_COMPATIBILITY,
     TRTEXEC_LEVEL_SINCE,
     EngineSettings,

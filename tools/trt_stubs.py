@@ -1,7 +1,7 @@
 """Generate mypy-usable TensorRT type stubs from the installed ``tensorrt-stubs`` distribution.
 
-TensorRT cannot be installed on CI, so ``levit_edge/backends/tensorrt.py`` is type-checked against
-the PyPI package ``tensorrt-stubs`` (installed with ``pip install --no-deps tensorrt-stubs==VERSION``;
+TensorRT cannot be installed on CI, so ``levit_edge/backends/tensorrt.py`` and ``trt_*.py`` are type-checked
+against the PyPI package ``tensorrt-stubs`` (installed with ``pip install --no-deps tensorrt-stubs==VERSION``;
 its ``tensorrt`` dependency is not installable). As shipped, mypy silently ignores those stubs:
 they sit in ``site-packages/tensorrt/`` without a ``py.typed`` marker (so, with
 ``ignore_missing_imports``, every ``trt.*`` name is ``Any``), and they contain syntax errors.

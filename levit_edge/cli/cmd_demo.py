@@ -40,7 +40,7 @@ def demo_cli(
 
     from levit_edge.cli.cmd_export import describe_result
     from levit_edge.data.sources import DataSpec
-    from levit_edge.fixture import ensure_fixture
+    from levit_edge.fixture.cache import ensure_fixture
     from levit_edge.flows.export import run_export
     from levit_edge.flows.job import ExportJob
     from levit_edge.model.load import ModelSpec

@@ -73,7 +73,7 @@ def build_engine_cli(
 
     Exit 4 where TensorRT or a GPU is missing, with the equivalent trtexec command to run on the target.
     """
-    from levit_edge.backends.tensorrt import TRTEXEC_LOCATIONS, EngineSettings
+    from levit_edge.backends.trt_build import TRTEXEC_LOCATIONS, EngineSettings
     from levit_edge.flows.engine import build_engine_file
 
     plan_path = plan or model.with_name(PLAN_FILE)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from levit_edge.data.sources import DataSpec, ListEntry, format_list, open_source, random_subset
+from levit_edge.data.list_format import ListEntry, format_list
+from levit_edge.data.open_source import open_source
+from levit_edge.data.sources import DataSpec, random_subset
 from levit_edge.errors import UserError
 from levit_edge.io import write_atomic
 

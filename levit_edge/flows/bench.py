@@ -23,7 +23,7 @@ from levit_edge.errors import UserError
 from levit_edge.export.metadata import fixed_batch_of, preprocess_from_onnx
 from levit_edge.model.load import ModelSpec
 from levit_edge.report import build
-from levit_edge.report.render import write_reports
+from levit_edge.report.write import write_reports
 from levit_edge.runs.finished import FinishedRun
 
 
@@ -101,7 +101,8 @@ def variant_factories(
     factories.update({str(key): ort_factory(path) for key, path in models.items()})
     plan = run.file(Artifact.INT8_PLAN)
     if plan is not None:
-        from levit_edge.backends.tensorrt import TensorRTRunner, tensorrt_unavailable_reason
+        from levit_edge.backends.tensorrt import TensorRTRunner
+        from levit_edge.backends.trt_env import tensorrt_unavailable_reason
 
         if tensorrt_unavailable_reason() is None:
             compatible = plan_is_version_compatible(run)

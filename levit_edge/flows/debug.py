@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from levit_edge.data.sources import DataSpec, open_source
+from levit_edge.data.open_source import open_source
+from levit_edge.data.sources import DataSpec
 from levit_edge.errors import UserError
 from levit_edge.export.metadata import preprocess_from_onnx
 from levit_edge.quant.profiles import PROFILES
@@ -22,7 +23,7 @@ from levit_edge.quant.sensitivity import (
     run_logits,
 )
 from levit_edge.report import build
-from levit_edge.report.render import write_reports
+from levit_edge.report.write import write_reports
 from levit_edge.runs.finished import FinishedRun
 
 

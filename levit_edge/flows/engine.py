@@ -1,6 +1,6 @@
 """Building a TensorRT engine: the one sequence behind ``export --target trt`` and ``build-engine``.
 
-TensorRT is imported lazily (levit_edge/backends/tensorrt.py): a machine without it gets an
+TensorRT is imported lazily (levit_edge/backends/trt_*.py): a machine without it gets an
 :class:`EngineOutcome` that says why, with the equivalent trtexec line to run on the target.
 """
 
@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from levit_edge.artifacts import EngineStatus
-from levit_edge.backends import tensorrt as backend
-from levit_edge.backends.tensorrt import EngineSettings
+from levit_edge.backends import trt_build, trt_cuda, trt_env
+from levit_edge.backends.trt_build import EngineSettings
 from levit_edge.errors import EngineUnavailable, UserError
 from levit_edge.flows.job import ExportJob, StageTimer
 from levit_edge.quant.trt_rules import check_trt_ready
@@ -59,19 +59,19 @@ def build(
     reason, and a half-written plan or timing cache is removed). ``base``: write the trtexec line's paths
     relative to it (a finished run's folder)."""
     settings = request
-    trtexec = backend.trtexec_command(settings, base=base)
+    trtexec = trt_build.trtexec_command(settings, base=base)
     if skip:
         reason = "skipped (--no-engine): build it on the target with build-engine or the trtexec line"
         return EngineOutcome(EngineStatus.SKIPPED, reason, trtexec)
-    unavailable = backend.tensorrt_unavailable_reason(runner=False)  # building needs no CUDA binding
+    unavailable = trt_env.tensorrt_unavailable_reason(runner=False)  # building needs no CUDA binding
     if unavailable is not None:
         return EngineOutcome(EngineStatus.UNAVAILABLE, unavailable, trtexec)
     try:
         if timer is not None:
             with timer.stage("build-engine"):
-                result = backend.build_engine(settings)
+                result = trt_build.build_engine(settings)
         else:
-            result = backend.build_engine(settings)
+            result = trt_build.build_engine(settings)
     except (UserError, EngineUnavailable, RuntimeError, OSError) as exc:  # parse, build, load back, write
         for leftover in (request.plan_path, request.timing_cache_path):
             if leftover is not None:
@@ -85,7 +85,7 @@ def build(
         "batch_range": list(result.batch_range),
         "seconds": result.seconds,
     }
-    runner = backend.cuda_binding_unavailable_reason()  # building needs none; validating the engine does
+    runner = trt_cuda.cuda_binding_unavailable_reason()  # building needs none; validating the engine does
     if runner is not None:
         details["runner"] = f"engine not validated here: {runner}"
     return EngineOutcome(EngineStatus.BUILT, None, trtexec, details)

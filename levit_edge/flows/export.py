@@ -19,8 +19,9 @@ from levit_edge import __version__
 from levit_edge.artifacts import Artifact, EngineStatus, Status
 from levit_edge.backends.base import Runner
 from levit_edge.backends.onnxruntime import OnnxRuntimeRunner
+from levit_edge.data.open_source import open_source
 from levit_edge.data.preprocess import PreprocessConfig
-from levit_edge.data.sources import ImageSource, open_source
+from levit_edge.data.sources import ImageSource
 from levit_edge.errors import AccuracyGateFailed, EngineUnavailable, UserError
 from levit_edge.export.metadata import model_metadata
 from levit_edge.export.onnx import check_graph, export_onnx, verify_with_onnxruntime
@@ -42,7 +43,7 @@ from levit_edge.quant.profiles import ORT_PROFILES, TRT_PROFILE, QuantProfile
 from levit_edge.quant.quantize import QuantResult, quantize
 from levit_edge.quant.trt_rules import check_trt_ready
 from levit_edge.report import build
-from levit_edge.report.render import write_reports
+from levit_edge.report.write import write_reports
 from levit_edge.runs.layout import ARTIFACT_FILES, CALIBRATION_FILE, FP32_FILE, ORT_FILE, PLAN_FILE, TRT_FILE
 from levit_edge.runs.manifest import write_manifest
 from levit_edge.runs.staging import staged_run

@@ -7,13 +7,14 @@ from pathlib import Path
 from levit_edge.artifacts import Artifact, Status
 from levit_edge.backends.base import Runner
 from levit_edge.backends.onnxruntime import OnnxRuntimeRunner
-from levit_edge.data.sources import DataSpec, open_source
+from levit_edge.data.open_source import open_source
+from levit_edge.data.sources import DataSpec
 from levit_edge.errors import AccuracyGateFailed, UserError
 from levit_edge.export.metadata import fixed_batch_of, preprocess_from_onnx
 from levit_edge.flows.export import check_chance
 from levit_edge.flows.job import Hooks, RunResult, StageTimer
 from levit_edge.report import build
-from levit_edge.report.render import write_reports
+from levit_edge.report.write import write_reports
 from levit_edge.runs.finished import FinishedRun
 from levit_edge.settings import GateSettings, RuntimeSettings
 from levit_edge.validate.compare import evaluate

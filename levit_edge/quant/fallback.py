@@ -84,7 +84,7 @@ class Step:
     meets_budget: bool
 
     def row(self, chosen: bool) -> dict[str, Any]:
-        """The ``fallback`` row of report.json (the shape report/render.py draws)."""
+        """The ``fallback`` row of report.json (the shape report/sections_quant.py draws)."""
         d = dataclasses.asdict(self)
         d["float_layers"] = list(self.float_layers)
         d["chosen"] = chosen
