@@ -69,7 +69,7 @@ def bench_cli(
     ),
 ) -> None:
     """Time PyTorch eager, ONNX Runtime FP32/INT8 and the TensorRT Q/DQ model (and engine) in one process."""
-    from levit_edge.bench import BenchSettings, skipped_variants
+    from levit_edge.bench import BenchSettings
     from levit_edge.flows.bench import BenchVariants, bench_run
 
     settings = BenchSettings(
@@ -80,8 +80,6 @@ def bench_cli(
         warmup=warmup,
         budget_s=budget,
     )
-    for name, reason in skipped_variants(torch_models, compile_torch, openvino).items():
-        log.info("skipped %s: %s", name, reason)
     outcome = bench_run(
         run_dir,
         settings,
@@ -89,6 +87,7 @@ def bench_cli(
         save=save,
         batches_given=batches is not None,
         progress=lambda m: log.info("timing %s", m),
+        skipped=lambda name, reason: log.info("skipped %s: %s", name, reason),
     )
     results, settings, baselines = outcome.results, outcome.settings, outcome.baselines
     table = Table(

@@ -16,6 +16,7 @@ from levit_edge.bench import (
     openvino_factories,
     ort_factory,
     results_table,
+    skipped_variants,
     time_variants,
     torch_factories,
 )
@@ -59,11 +60,14 @@ def bench_run(
     save: bool = True,
     batches_given: bool = True,
     progress: Callable[[str], None] | None = None,
+    skipped: Callable[[str, str], None] | None = None,
 ) -> BenchOutcome:
     """Time the run's variants at ``settings``; with ``save`` store them in its report.json (``bench``,
     and ``latency`` where a bench point is the first one) as one all-or-nothing rewrite, after checking
     the run against its manifest (before minutes of timing). A model exported with a fixed ``--batch N``
-    is timed at N only (``batches_given``: the user asked for other sizes, which is an error then)."""
+    is timed at N only (``batches_given``: the user asked for other sizes, which is an error then).
+    ``skipped(variant, reason)`` hears of each optional variant this machine cannot time, once the run
+    has been checked."""
     run = FinishedRun.open(run_dir, "save benchmark results into" if save else None, manifest=save)
     fixed = fixed_batch_of(run.fp32)
     if fixed is not None and settings.batches != (fixed,):
@@ -71,6 +75,9 @@ def bench_run(
         if batches_given:
             raise UserError(f"{run_dir} was exported with --batch {fixed}: --batches can only be {fixed}")
         settings = replace(settings, batches=(fixed,))
+    if skipped is not None:
+        for name, reason in skipped_variants(variants.torch, variants.compile, variants.openvino).items():
+            skipped(name, reason)
     factories, input_size = variant_factories(run, variants)
     # the load before timing starts (the benchmark's own threads would count once it runs)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None

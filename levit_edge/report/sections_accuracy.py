@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from levit_edge.artifacts import Status
 from levit_edge.report.document import (
     BAD,
     DASH,
@@ -22,11 +23,12 @@ from levit_edge.report.document import (
 from levit_edge.report.formatting import fixed, fmt, generic, kl_text, mb, points
 from levit_edge.report.views import artifact_figures, artifact_keys, as_map, as_num, as_seq, gate_max_drop
 
-STATUS_TEXT = {
-    "passed": (GOOD, "every INT8 artifact is within the accuracy gate"),
-    "failed-accuracy": (BAD, "an INT8 artifact lost more accuracy than the gate allows"),
-    "no-engine": (WARN, "everything was built except the TensorRT engine"),
-    "unvalidated": (WARN, "INT8 artifacts were built but not validated (no validation data)"),
+# keyed by the status strings of report.json (a Status compares and hashes as its string)
+STATUS_TEXT: dict[str, tuple[str, str]] = {
+    Status.PASSED: (GOOD, "every INT8 artifact is within the accuracy gate"),
+    Status.FAILED: (BAD, "an INT8 artifact lost more accuracy than the gate allows"),
+    Status.NO_ENGINE: (WARN, "everything was built except the TensorRT engine"),
+    Status.UNVALIDATED: (WARN, "INT8 artifacts were built but not validated (no validation data)"),
 }
 TOP_CLASSES = 15
 TOP_CONFUSIONS = 10
@@ -71,10 +73,10 @@ def _gate_lines(report: Mapping[str, Any]) -> list[Text]:
 def headline(report: Mapping[str, Any]) -> tuple[str, tuple[Text, ...]]:
     status = str(report.get("status", "unknown"))
     summary = STATUS_TEXT.get(status, (None, "status not recognised by this renderer"))[1]
-    if status == "passed" and not as_map(report.get("drop")):
+    if status == Status.PASSED and not as_map(report.get("drop")):
         summary = "export finished; no INT8 artifact was gated"
     engine = as_map(report.get("engine"))
-    if status == "no-engine" and engine.get("reason"):
+    if status == Status.NO_ENGINE and engine.get("reason"):
         summary += f": {engine['reason']}"
     model, pre = as_map(report.get("model")), as_map(report.get("preprocess"))
     size = "x".join(str(s) for s in as_seq(pre.get("input_size"))[-2:])
