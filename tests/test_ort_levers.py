@@ -207,3 +207,22 @@ def test_fp32_reference_in_the_fused_layout(random_models: tuple[Path, Path, np.
             break
     with pytest.raises(ValueError, match="not the same network"):
         in_layout_of(other, fused)
+
+
+def test_a_projection_that_cannot_be_reordered_keeps_its_weights(
+    random_models: tuple[Path, Path, np.ndarray],
+) -> None:
+    """A qkv bias read by a second node cannot be reordered: that projection stays in its layout, weights
+    included (they are reordered first), and the model computes what it did."""
+    fp32_path, _, x = random_models
+    model = onnx.load(str(fp32_path))
+    split = next(n for n in model.graph.node if n.op_type == "Split")
+    producer = {o: n for n in model.graph.node for o in n.output}
+    gemm = producer[producer[split.input[0]].input[0]]
+    assert gemm.op_type == "Gemm"
+    model.graph.node.append(onnx.helper.make_node("Identity", [gemm.input[2]], ["bias_copy"]))
+    model.graph.output.append(onnx.helper.make_tensor_value_info("bias_copy", onnx.TensorProto.FLOAT, None))
+    ref = _run(model, x)
+    result = fuse_attention(model, head_major=True)
+    assert result.fused == 11 and result.head_major == 10 and gemm.name not in result.reordered
+    np.testing.assert_allclose(_run(model, x), ref, atol=1e-3 * float(np.ptp(ref)))

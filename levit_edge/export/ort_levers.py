@@ -297,7 +297,14 @@ def _reorder_heads(g: _Graph, split: onnx.NodeProto, h: int, core: _Core) -> str
         ]
     )
     done: set[str] = set()
+    # the weight may be reordered before the bias is found not to fit: put every touched tensor back then
+    touched = [gemm.input[1], gemm.input[2]]
+    dqs = [dq for t in touched if (dq := g.made_by(t, "DequantizeLinear")) is not None]
+    touched += [i for dq in dqs for i in dq.input if i]
+    saved = {name: numpy_helper.to_array(g.inits[name]) for name in touched if name in g.inits}
     if not (_permute_rows(g, gemm.input[1], perm, done) and _permute_rows(g, gemm.input[2], perm, done)):
+        for name, value in saved.items():
+            g.set_init(name, value)
         return ""
     reshape.input[1] = g.add_init("mha_tokens", np.array([-1, int(shape[1]), h * d_total], np.int64))
     split.input[1] = g.add_init("mha_split", (sizes * h).astype(np.int64))
