@@ -92,7 +92,10 @@ def main() -> None:
         std = run_dir / "model.lever.int8.ort-std.onnx"
         cal = Calibration.load(run_dir / CALIBRATION_FILE)
         quantize(
-            run_dir / ARTIFACT_FILES["fp32"], cal, dataclasses.replace(ORT_PROFILE, fuse_attention=False), std
+            run_dir / ARTIFACT_FILES["fp32"],
+            cal,
+            dataclasses.replace(ORT_PROFILE, fuse_attention=False, head_major=False),
+            std,
         )
         keep = {k: factories[k] for k in ("fp32", "int8.ort")}
         factories = {
@@ -180,7 +183,7 @@ def fixture_accuracy(fixture: Path, out: Path) -> dict[str, Any]:
     calib = open_source(DataSpec(fixture / "data" / "calib", None, None, 0, False))
     cal = calibrate(fp32, calib, pre, QuantSettings(), 32)
     plain = out / "model.int8.ort.onnx"
-    quantize(fp32, cal, dataclasses.replace(ORT_PROFILE, fuse_attention=False), plain)
+    quantize(fp32, cal, dataclasses.replace(ORT_PROFILE, fuse_attention=False, head_major=False), plain)
     batches = list(open_source(DataSpec(fixture / "data" / "val", None, None, 0, False)).batches(pre, 64))
     x = np.concatenate([b.images for b in batches])
     y = np.concatenate([b.labels for b in batches if b.labels is not None])

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""One-thread FP32 vs INT8 (standard ops and the fused ort profile) on a shared machine, by the calling
-thread's CPU time (robust to other jobs), from a run directory written by ``benchmarks/cpu_int8.py``:
+"""One-thread FP32 vs INT8 (the ort profile's file, and the same Q/DQ with standard ops) on a shared machine,
+by the calling thread's CPU time (robust to other jobs), from a run directory written by
+``benchmarks/cpu_int8_levers.py levers`` (which also writes ``model.lever.int8.ort-std.onnx``):
 
-    python benchmarks/cpu_int8_local.py /tmp/levit-int8-16/levit_128s benchmarks/results/epyc-int8-16.json
+    python benchmarks/cpu_int8_local.py /tmp/levit-levers16/levit_128s benchmarks/results/epyc-int8-16b.json
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from run_benchmarks import STOP_SPIN, _interleaved_cpu, machine, ort_runner  # n
 FILES = {
     "fp32": "model.fp32.onnx",
     "int8.ort": "model.int8.ort.onnx",
-    "int8.ort+mha+hm": "model.lever.int8.ort+mha+hm.onnx",
+    "int8.ort-std": "model.lever.int8.ort-std.onnx",
 }
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from levit_edge.data.open_source import open_source
 from levit_edge.data.preprocess import PreprocessConfig
 from levit_edge.data.sources import DataSpec
 from levit_edge.export.onnx import ExportSettings, export_onnx
-from levit_edge.export.ort_levers import fuse_attention
+from levit_edge.export.ort_levers import fuse_attention, head_major_projections, in_layout_of
 from levit_edge.fixture.common import DatasetPaths, FixtureResult
 from levit_edge.model.fuse import fuse_levit
 from levit_edge.model.load import ModelSpec, load_model
@@ -33,8 +33,8 @@ from levit_edge.quant.quantize import quantize
 from levit_edge.settings import QuantSettings
 
 IMG = 64
-STANDARD_OPS = ORT_PROFILE  # the ort profile keeps standard ops (see its why-texts)
-FUSED = dataclasses.replace(ORT_PROFILE, name="ort-mha", fuse_attention=True)
+STANDARD_OPS = dataclasses.replace(ORT_PROFILE, name="ort-std", fuse_attention=False, head_major=False)
+FUSED = ORT_PROFILE  # the ort profile fuses attention, head-major (see its why-texts)
 Fixture = tuple[DatasetPaths, FixtureResult, Path]
 
 
@@ -133,8 +133,7 @@ def test_a_fusing_profile_fuses_and_the_trt_profile_keeps_standard_ops(
     profile = onnx.load(str(int8.with_name("profile.int8.ort.onnx")))
     assert _ops(profile)["MultiHeadAttention"] == 11 and _ops(profile)["Softmax"] == 0
     lever = onnx.load(str(int8))
-    # not head-major: the sensitivity ranking swaps FP32 weights back into the profile's graph
-    fuse_attention(lever, head_major=False)
+    assert fuse_attention(lever, head_major=True).head_major == 11
     np.testing.assert_array_equal(_run(profile, x), _run(lever, x))  # the profile is exactly this lever
     trt = onnx.load(str(int8.with_name("model.int8.trt.onnx")))
     assert all(n.domain in ("", "ai.onnx") for n in trt.graph.node)
@@ -183,3 +182,48 @@ def test_levers_keep_fixture_top1(trained_fixture: Fixture, tmp_path: Path) -> N
         got = _run(lever, x)
         assert abs(float((got.argmax(1) == y).mean() * 100) - plain_top1) <= 0.5
         assert (got.argmax(1) == plain.argmax(1)).mean() >= 0.99
+
+
+def test_fp32_reference_in_the_fused_layout(random_models: tuple[Path, Path, np.ndarray]) -> None:
+    """The per-layer fallback's FP32 reference is fused like the INT8 graph, head-major projections and all;
+    unchanged for a standard-ops graph; refused for a graph of another network."""
+    fp32_path, int8, x = random_models
+    fp32 = onnx.load(str(fp32_path))
+    fused = onnx.load(str(int8.with_name("profile.int8.ort.onnx")))
+    assert len(head_major_projections(fused)) == 11
+    assert in_layout_of(fp32, onnx.load(str(int8))) is fp32  # standard ops: nothing to match
+    laid = in_layout_of(fp32, fused)
+    assert _ops(laid)["MultiHeadAttention"] == 11 and head_major_projections(laid) == head_major_projections(
+        fused
+    )
+    weights = {i.name for i in laid.graph.initializer}
+    inputs = {n.name: n.input[1] for n in laid.graph.node if n.op_type == "Gemm"}
+    assert all(inputs[g] in weights for g in head_major_projections(fused))
+    ref = _run(fp32, x)
+    np.testing.assert_allclose(_run(laid, x), ref, atol=1e-3 * float(np.ptp(ref)))
+    other = onnx.load(str(fp32_path))
+    for node in other.graph.node:  # one attention core fewer to fuse: not the same network
+        if node.op_type == "Softmax":
+            node.op_type = "Sigmoid"
+            break
+    with pytest.raises(ValueError, match="not the same network"):
+        in_layout_of(other, fused)
+
+
+def test_a_projection_that_cannot_be_reordered_keeps_its_weights(
+    random_models: tuple[Path, Path, np.ndarray],
+) -> None:
+    """A qkv bias read by a second node cannot be reordered: that projection stays in its layout, weights
+    included (they are reordered first), and the model computes what it did."""
+    fp32_path, _, x = random_models
+    model = onnx.load(str(fp32_path))
+    split = next(n for n in model.graph.node if n.op_type == "Split")
+    producer = {o: n for n in model.graph.node for o in n.output}
+    gemm = producer[producer[split.input[0]].input[0]]
+    assert gemm.op_type == "Gemm"
+    model.graph.node.append(onnx.helper.make_node("Identity", [gemm.input[2]], ["bias_copy"]))
+    model.graph.output.append(onnx.helper.make_tensor_value_info("bias_copy", onnx.TensorProto.FLOAT, None))
+    ref = _run(model, x)
+    result = fuse_attention(model, head_major=True)
+    assert result.fused == 11 and result.head_major == 10 and gemm.name not in result.reordered
+    np.testing.assert_allclose(_run(model, x), ref, atol=1e-3 * float(np.ptp(ref)))

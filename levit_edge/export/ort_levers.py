@@ -27,6 +27,7 @@ class FuseResult:
     head_major: int  # projections whose output channels were reordered
     nodes_before: int
     nodes_after: int
+    reordered: tuple[str, ...] = ()  # names of the projections (Gemm) whose output channels were reordered
 
 
 class _Graph:
@@ -168,7 +169,8 @@ def fuse_attention(model: onnx.ModelProto, head_major: bool = False) -> FuseResu
     """Rewrite ``model`` in place (see the module docstring); returns what changed."""
     g = _Graph(model)
     before = len(g.g.node)
-    fused = reordered = 0
+    fused = 0
+    reordered: list[str] = []
     for softmax in [n for n in g.g.node if n.op_type == "Softmax"]:
         core = _match(g, softmax)
         if core is None:
@@ -182,8 +184,9 @@ def fuse_attention(model: onnx.ModelProto, head_major: bool = False) -> FuseResu
         inputs: list[str] = []
         split = g.made_by(core.k4, "Split") if head_major else None
         direct: set[str] = set()
-        if split is not None and _reorder_heads(g, split, h, core):
-            reordered += 1
+        gemm = _reorder_heads(g, split, h, core) if split is not None else ""
+        if split is not None and gemm:
+            reordered.append(gemm)
             direct = set(split.output)
         for t in (core.q4, core.k4, core.v4):
             if t in direct or _flatten_heads_in_place(g, t):
@@ -218,26 +221,72 @@ def fuse_attention(model: onnx.ModelProto, head_major: bool = False) -> FuseResu
         # Shapes recorded by the quantizer describe 4-D tensors this pass made 3-D: let ORT infer them.
         del model.graph.value_info[:]
         _drop_unused(g)
-    return FuseResult(fused, reordered, before, len(g.g.node))
+    return FuseResult(fused, len(reordered), before, len(g.g.node), tuple(reordered))
 
 
-def _reorder_heads(g: _Graph, split: onnx.NodeProto, h: int, core: _Core) -> bool:
+def head_major_projections(model: onnx.ModelProto) -> set[str]:
+    """Projections (Gemm names) a head-major :func:`fuse_attention` reordered: the Gemm feeding, through one
+    Reshape, a Split on the channel axis of a 3-D tensor whose outputs all go to MultiHeadAttention."""
+    g = _Graph.__new__(_Graph)  # only the producer/consumer maps: no shape inference needed here
+    g.model, g.g = model, model.graph
+    g.refresh()
+    found = set()
+    for split in (n for n in model.graph.node if n.op_type == "Split" and _attr(n, "axis") == 2):
+        users = [u for o in split.output for u in g.consumers.get(o, [])]
+        if not users or any(u.op_type != "MultiHeadAttention" for u in users):
+            continue
+        reshape = g.made_by(split.input[0], "Reshape")
+        gemm = g.made_by(reshape.input[0], "Gemm") if reshape is not None else None
+        if gemm is not None:
+            found.add(gemm.name)
+    return found
+
+
+def in_layout_of(fp32: onnx.ModelProto, fused: onnx.ModelProto) -> onnx.ModelProto:
+    """``fp32`` in the graph layout of ``fused`` (a model of the same network that :func:`fuse_attention`
+    rewrote): fused the same way, so its weights, biases and tensors have the fused model's names *and*
+    channel order. The per-layer float fallback swaps these FP32 weights into the INT8 graph; with
+    head-major qkv weights the original layout would silently compute a different model.
+
+    Returned unchanged when ``fused`` has no MultiHeadAttention or ``fp32`` is already fused; raises
+    ``ValueError`` when the FP32 graph does not fuse into the same attention nodes and projections.
+    """
+
+    def mha(m: onnx.ModelProto) -> int:
+        return sum(1 for n in m.graph.node if n.op_type == "MultiHeadAttention" and n.domain == MS_DOMAIN)
+
+    if not mha(fused) or mha(fp32):
+        return fp32
+    wanted = head_major_projections(fused)
+    out = onnx.ModelProto()
+    out.CopyFrom(fp32)
+    result = fuse_attention(out, head_major=bool(wanted))
+    if result.fused != mha(fused) or set(result.reordered) != wanted:
+        raise ValueError(
+            f"the FP32 graph fuses into {result.fused} attention nodes ({len(result.reordered)} head-major), "
+            f"the INT8 graph has {mha(fused)} ({len(wanted)}): not the same network"
+        )
+    return out
+
+
+def _reorder_heads(g: _Graph, split: onnx.NodeProto, h: int, core: _Core) -> str:
     """Split(axis 3) of Reshape(Gemm, (-1, N, h, D)) -> Split(axis 2) of Reshape(Gemm', (-1, N, h*D)), with
-    Gemm's output channels reordered head-major; False (nothing changed) if the pattern is not there."""
+    Gemm's output channels reordered head-major; returns the Gemm's name, "" (nothing changed) if the
+    pattern is not there."""
     if _attr(split, "axis") not in (3, -1) or len(split.input) < 2:
-        return False
+        return ""
     if not set(split.output) <= {core.q4, core.k4, core.v4}:
-        return False
+        return ""
     sizes = g.const(split.input[1])
     reshape = g.made_by(split.input[0], "Reshape")
     if sizes is None or reshape is None or len(g.consumers[reshape.output[0]]) != 1:
-        return False
+        return ""
     shape = g.const(reshape.input[1])
     gemm = g.made_by(reshape.input[0], "Gemm")
     if shape is None or gemm is None or len(shape) != 4 or int(shape[2]) != h or _attr(gemm, "transB") != 1:
-        return False
+        return ""
     if len(g.consumers[gemm.output[0]]) != 1 or len(gemm.input) < 3:
-        return False
+        return ""
     d_total = int(shape[3])
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     perm = np.concatenate(
@@ -248,14 +297,21 @@ def _reorder_heads(g: _Graph, split: onnx.NodeProto, h: int, core: _Core) -> boo
         ]
     )
     done: set[str] = set()
+    # the weight may be reordered before the bias is found not to fit: put every touched tensor back then
+    touched = [gemm.input[1], gemm.input[2]]
+    dqs = [dq for t in touched if (dq := g.made_by(t, "DequantizeLinear")) is not None]
+    touched += [i for dq in dqs for i in dq.input if i]
+    saved = {name: numpy_helper.to_array(g.inits[name]) for name in touched if name in g.inits}
     if not (_permute_rows(g, gemm.input[1], perm, done) and _permute_rows(g, gemm.input[2], perm, done)):
-        return False
+        for name, value in saved.items():
+            g.set_init(name, value)
+        return ""
     reshape.input[1] = g.add_init("mha_tokens", np.array([-1, int(shape[1]), h * d_total], np.int64))
     split.input[1] = g.add_init("mha_split", (sizes * h).astype(np.int64))
     for a in split.attribute:
         if a.name == "axis":
             a.i = 2
-    return True
+    return gemm.name
 
 
 def _flatten_heads_in_place(g: _Graph, tensor: str) -> bool:

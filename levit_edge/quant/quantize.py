@@ -99,9 +99,9 @@ def quantize(
     if exclude:
         read_float_inputs(qmodel, set(selected) - set(nodes))
     if profile.fuse_attention:
-        # not head-major: the qkv weights keep their FP32 layout, so the sensitivity ranking can swap a
-        # layer's FP32 weights back in (quant/sensitivity.float_only) and match quantize(exclude=...)
-        fuse_attention(qmodel, head_major=False)
+        # last, on the finished QDQ graph: the sensitivity ranking fuses its FP32 reference the same way
+        # (ort_levers.in_layout_of) before swapping a layer's FP32 weights in, so head-major weights match
+        fuse_attention(qmodel, head_major=profile.head_major)
     qmodel.producer_name = "levit-edge"
     del qmodel.metadata_props[:]
     props = {p.key: p.value for p in model.metadata_props}

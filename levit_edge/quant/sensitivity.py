@@ -36,6 +36,7 @@ from onnxruntime.quantization.qdq_loss_debug import (
 )
 
 from levit_edge.export.onnx import INPUT_NAME
+from levit_edge.export.ort_levers import in_layout_of
 from levit_edge.quant.calibrate import ort_scratch
 from levit_edge.quant.profiles import QuantProfile
 from levit_edge.validate.metrics import mean_kl
@@ -152,6 +153,7 @@ def float_only(
     """
     from levit_edge.quant.quantize import bypass_unquantized_consumers
 
+    fp32 = in_layout_of(fp32, qdq)  # a fused, head-major INT8 graph reads FP32 weights in its own order
     out = onnx.ModelProto()
     out.CopyFrom(qdq)
     graph = out.graph
@@ -321,15 +323,23 @@ def measure(
 ) -> Sensitivity:
     """Rank every quantized node of ``qdq_path`` (see the module docstring for the measures)."""
     start = time.perf_counter()
-    fp32 = onnx.load(str(fp32_path), load_external_data=False)
     qdq = onnx.load(str(qdq_path), load_external_data=False)
+    original = onnx.load(str(fp32_path), load_external_data=False)
+    # the FP32 reference in the INT8 graph's layout (fused attention, head-major qkv): SQNR pairs tensors
+    # and weights by name, and float_only swaps FP32 weights in; both need the same channel order
+    fp32 = in_layout_of(original, qdq)
     nodes = quantized_nodes(qdq, profile, fp32)
     op_type = {n.name: n.op_type for n in qdq.graph.node}
     total = len(nodes) + 2
     if progress:
         progress(0, total)
-    sqnr = activation_sqnr(fp32_path, qdq_path, nodes, calib_images) if len(calib_images) else {}
-    weights = weight_sqnr(fp32_path, qdq_path, nodes)
+    with tempfile.TemporaryDirectory(prefix="levit-edge-layout-") as tmp:
+        reference = fp32_path
+        if fp32 is not original:
+            reference = Path(tmp) / fp32_path.name
+            reference.write_bytes(fp32.SerializeToString())
+        sqnr = activation_sqnr(reference, qdq_path, nodes, calib_images) if len(calib_images) else {}
+        weights = weight_sqnr(reference, qdq_path, nodes)
     ref = fp32_logits if fp32_logits is not None else run_logits(fp32_path, rank_batches, threads)
     base = run_logits(qdq_path, rank_batches, threads)
     base_agree, base_kl = agreement(ref, base), mean_kl(ref, base)
