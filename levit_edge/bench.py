@@ -165,12 +165,13 @@ def run_dir_factories(
     """Runner factories for every artifact of a run directory (and PyTorch eager and ``torch.compile``
     when its checkpoint is still where the manifest says; OpenVINO on the ONNX files when importable),
     plus the model's input size. :func:`skipped_variants` says why an optional variant is missing."""
-    from levit_edge.pipeline import ARTIFACT_FILES, FP32_FILE, preprocess_from_onnx
+    from levit_edge.pipeline import ARTIFACT_FILES, FP32_FILE
     from levit_edge.report.manifest import MANIFEST, read_json
+    from levit_edge.validate.run_models import run_preprocess
 
     if not (run_dir / FP32_FILE).is_file():
         raise UserError(f"{run_dir} has no {FP32_FILE}: not a levit-edge run directory")
-    preprocess, _, _ = preprocess_from_onnx(run_dir / FP32_FILE)
+    preprocess = run_preprocess(run_dir, ARTIFACT_FILES.values())  # every model takes the same images
     factories: dict[str, RunnerFactory] = {}
     if torch_models and (run_dir / MANIFEST).is_file():
         factories.update(_torch_factories(read_json(run_dir / MANIFEST), compile_torch))

@@ -34,6 +34,7 @@ from levit_edge.export.onnx import (
 from levit_edge.export.ort_format import OrtFormatResult, convert_to_ort, ort_format_runners, split_parity
 from levit_edge.model.fuse import check_fusion, fuse_levit
 from levit_edge.model.load import LoadedModel, ModelSpec, load_model
+from levit_edge.paths import check_lengths, job_paths
 from levit_edge.pausepoint import pause_point
 from levit_edge.quant.calibrate import CALIBRATION_FILE, Calibration, calibrate, describe
 from levit_edge.quant.fallback import Outcome, Target, accuracy_aware, report_sections
@@ -44,6 +45,7 @@ from levit_edge.report.render import write_reports
 from levit_edge.settings import FallbackSettings, GateSettings, QuantSettings, RuntimeSettings, Targets
 from levit_edge.validate.compare import Evaluation, evaluate
 from levit_edge.validate.gate import FAILED, PASSED, GateResult, apply_gate
+from levit_edge.validate.run_models import run_preprocess
 from levit_edge.validate.sanity import check_above_chance, check_labels_fit
 
 FP32_FILE = "model.fp32.onnx"
@@ -102,6 +104,7 @@ class ExportJob:
     config: Path | None = None  # the --config file the options came from (recorded by name and sha256)
 
     def __post_init__(self) -> None:
+        check_lengths(job_paths(self))  # an over-long path: one line naming its option (ENAMETOOLONG)
         if self.targets.int8 and self.calib is None:
             raise UserError("--int8 needs calibration images: pass --calib DIR|LIST|NPY")
         if self.fallback.enabled:
@@ -769,10 +772,12 @@ def validate_run(
         raise UserError(f"{run_dir} is not a complete run directory (no {MANIFEST})")
     if not (run_dir / FP32_FILE).is_file():
         raise UserError(f"{run_dir} has no {FP32_FILE}")
+    check_lengths({"--val": val.path, "--data-root": val.data_root, "--exclude": val.exclude})
     require_intact(run_dir, "re-validate")  # before reading a model that may have been swapped
     timer = _Timer(hooks)
     source = open_source(val)
-    preprocess, class_names, num_classes = preprocess_from_onnx(run_dir / FP32_FILE)
+    preprocess = run_preprocess(run_dir, ARTIFACT_FILES.values())  # the manifest's, every model agreeing
+    _, class_names, num_classes = preprocess_from_onnx(run_dir / FP32_FILE)
     if source.class_names and num_classes and len(source.class_names) != num_classes:
         raise UserError(
             f"--val has {len(source.class_names)} class folders but the model has {num_classes} classes"

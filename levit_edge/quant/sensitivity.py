@@ -391,9 +391,10 @@ def measure_run(
     """
     from levit_edge.data.sources import DataSpec, open_source
     from levit_edge.errors import UserError
-    from levit_edge.pipeline import ARTIFACT_FILES, FP32_FILE, MANIFEST, preprocess_from_onnx
+    from levit_edge.pipeline import ARTIFACT_FILES, FP32_FILE, MANIFEST
     from levit_edge.quant.profiles import PROFILES
     from levit_edge.report.manifest import read_json
+    from levit_edge.validate.run_models import run_preprocess
 
     if not (run_dir / MANIFEST).is_file() or not (run_dir / FP32_FILE).is_file():
         raise UserError(f"{run_dir} is not a complete run directory (no {MANIFEST} or {FP32_FILE})")
@@ -416,7 +417,7 @@ def measure_run(
         root = recorded.get("data_root") if given is None else None
         return DataSpec(path, Path(root) if root else None, size, int(recorded.get("seed") or 0))
 
-    preprocess, _names, _n = preprocess_from_onnx(run_dir / FP32_FILE)
+    preprocess = run_preprocess(run_dir, ARTIFACT_FILES.values())  # the manifest's, every model agreeing
     val_source = open_source(spec(val, "val", rank_images))
     rank = load_images(val_source.batches(preprocess, 32))
     rank_batches = [rank[i : i + 32] for i in range(0, len(rank), 32)]
