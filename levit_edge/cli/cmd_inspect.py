@@ -37,7 +37,8 @@ def inspect_cli(
     else:
         for key in ("inputs", "outputs"):
             for io in info[key]:
-                console.print(f"{key[:-1]:6} {io['name']} {io['type']} {io['shape']}", markup=False)
+                shape = "" if io["shape"] is None else f" {io['shape']}"
+                console.print(f"{key[:-1]:6} {io['name']} {io['type']}{shape}", markup=False)
         if "ops" in info:
             table = Table("op", "count", title=f"{info['nodes']} nodes, opset {info['opset']}")
             for op, count in info["ops"].items():
