@@ -13,7 +13,10 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +38,7 @@ from levit_edge.report.manifest import (
     write_atomic,
     write_manifest,
 )
+from levit_edge.settings import Targets
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -368,3 +372,55 @@ def test_skip_bad_also_skips_a_dangling_symlink_in_the_data_hash(tmp_path: Path)
     with pytest.raises(UserError, match=r"b\.png"):
         open_source(DataSpec(folder)).fingerprint()
     assert len(open_source(DataSpec(folder, skip_bad=True)).fingerprint()) == 64
+
+
+def _read_only_bind(target: Path) -> list[str] | None:
+    """A command prefix running its command in a private mount namespace where ``target`` is bound onto
+    itself read-only (writes fail with EROFS even for root); None where no such namespace is allowed."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None
+    flags = ["--mount"] if os.geteuid() == 0 else ["--mount", "--map-root-user"]
+    mount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0"'
+    probe = subprocess.run(
+        [unshare, *flags, "sh", "-c", f'{mount} && ! touch "$0/.probe" 2>/dev/null', str(target)],
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        return None
+    return [unshare, *flags, "sh", "-c", f'{mount} && exec "$@"', str(target)]
+
+
+@pytest.mark.slow
+def test_debug_on_a_read_only_run(
+    trained_fixture: tuple[DatasetPaths, FixtureResult, Path], tmp_path: Path
+) -> None:
+    """debug on a run of a read-only file system: ORT's shape-inferred scratch copies never go into the
+    run (a FileNotFoundError traceback); saving is refused in one line before measuring; --no-save ranks."""
+    data, result, checkpoint = trained_fixture
+    job = ExportJob(
+        model=ModelSpec(result.model_name, checkpoint, len(result.classes), result.img_size),
+        targets=Targets.parse("ort", True),
+        calib=DataSpec(data.calib, size=8),
+        val=DataSpec(data.val, size=20),
+        out=tmp_path,
+        name="q",
+    )
+    run = run_export(job).run_dir
+    prefix = _read_only_bind(run)
+    if prefix is None:
+        pytest.skip("no private mount namespace here (unshare --mount refused): cannot make a read-only run")
+    before = snapshot(run)
+    code = "from levit_edge.cli.app import main; main()"
+    debug = [*prefix, sys.executable, "-c", code, "debug", str(run), "--samples", "4", "--rank-images", "8"]
+    env = {**os.environ, "COLUMNS": "200"}
+    saved = subprocess.run(debug, capture_output=True, text=True, env=env, timeout=600)
+    assert saved.returncode == 1, saved.stderr
+    assert saved.stderr.splitlines() == [
+        f"error: cannot save the ranking into {run}: it is not writable; pass --no-save"
+    ], saved.stderr
+    ranked = subprocess.run([*debug, "--no-save"], capture_output=True, text=True, env=env, timeout=600)
+    assert ranked.returncode == 0, ranked.stderr[-3000:]
+    assert "Traceback" not in ranked.stderr
+    assert "most harmful layer int8.ort: " in ranked.stderr + ranked.stdout
+    assert snapshot(run) == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -93,6 +94,8 @@ def debug_cli(
         from levit_edge.report.manifest import require_intact
 
         require_intact(run_dir, "save the ranking into")  # before minutes of measuring
+        if not os.access(run_dir, os.W_OK | os.X_OK):  # a read-only mount refuses even root
+            raise UserError(f"cannot save the ranking into {run_dir}: it is not writable; pass --no-save")
     with RichHooks(lines=True) as hooks:
         results = measure_run(
             run_dir,
