@@ -153,7 +153,7 @@ def _error(message: str) -> None:
 
 
 @contextlib.contextmanager
-def _warnings_held() -> Iterator[None]:
+def _warnings_held() -> Iterator[list[warnings.WarningMessage]]:
     """Hold back the warnings dependencies print (torch, timm, Pillow) while the command runs: a command
     that fails prints its one error line and nothing else; one that succeeds shows them at its end.
 
@@ -164,12 +164,12 @@ def _warnings_held() -> Iterator[None]:
         # by its text: importing Pillow for its class would slow every command's start
         warnings.filterwarnings("error", r"Image size \(\d+ pixels\) exceeds limit", RuntimeWarning)
         try:
-            yield
+            yield held
         except BaseException:
             held.clear()
             raise
-    for w in held:
-        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    for w in held:  # as Python would have printed them
+        sys.stderr.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line))
 
 
 def _run(argv: list[str]) -> None:
