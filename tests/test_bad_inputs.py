@@ -224,6 +224,11 @@ def _(c: Ctx) -> Case:
     return Case(c.export("--img-size", "4096"), fragments=("--img-size", "between 32 and 1024"))
 
 
+@case("export-num-classes-absurd")
+def _(c: Ctx) -> Case:
+    return Case(c.export("--num-classes", str(10**11)), fragments=("--num-classes must be between",))
+
+
 @case("export-seed-beyond-64-bits")
 def _(c: Ctx) -> Case:
     return Case(c.export("--seed", str(2**64)), fragments=("--seed must be between",))
@@ -831,6 +836,48 @@ def _(c: Ctx) -> Case:
     _reseal(run)
     args = ["bench", run, "--no-torch", "--rounds", "1", "--repeat", "1", "--warmup", "0", "--batches", "1"]
     return Case([*args, "--threads", "1"], fragments=("model.int8.ort.onnx", "80x80", "64x64"))
+
+
+def _set_prop(path: Path, key: str, value: str) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, key: value})
+    path.unlink()
+    onnx.save(model, str(path))
+
+
+@case("validate-model-metadata-not-json")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    _set_prop(run / "model.fp32.onnx", "levit_edge.preprocess", "{input_size: [3, 64, 64]")
+    _reseal(run)
+    args = ["validate", run, "--val", c.small_val]
+    return Case(args, fragments=("model.fp32.onnx", "levit_edge.preprocess", "not JSON"))
+
+
+@case("validate-model-metadata-num-classes-not-a-number")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    _set_prop(run / "model.fp32.onnx", "levit_edge.num_classes", "ten")
+    _reseal(run)
+    args = ["validate", run, "--val", c.small_val]
+    return Case(args, fragments=("model.fp32.onnx", "num_classes"))
+
+
+@case("validate-threads-beyond-64-bits")
+def _(c: Ctx) -> Case:
+    args = ["validate", c.run_copy(), "--val", c.small_val, "--threads", str(2**64)]
+    return Case(args, fragments=("--threads must be",))
+
+
+@case("debug-truncated-int8-model")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    (run / "model.int8.ort.onnx").write_bytes((run / "model.fp32.onnx").read_bytes()[:100_000])
+    _reseal(run)
+    args = ["debug", run, "--no-save", "--val", c.small_val, "--calib", c.small_val, "--samples", "2"]
+    return Case(args, fragments=("model.int8.ort.onnx", "is not an ONNX model"))
 
 
 @case("bench-file-added-to-the-run")
