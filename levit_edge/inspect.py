@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from levit_edge.errors import UserError
 from levit_edge.export.ort_format import is_firmware_file, operators_of
-from levit_edge.report.manifest import MANIFEST, read_json, sha256_file
+from levit_edge.report.manifest import DIGEST_KEY, MANIFEST, read_json, seal, sha256_file
 
 if TYPE_CHECKING:  # onnx is imported only to describe a model: a run directory needs just its manifest
     import onnx
@@ -94,10 +94,13 @@ def describe_run(path: Path) -> dict[str, Any]:
         raise UserError(
             f"{manifest_path} is not a levit-edge manifest ('files' must map names to sha256/size)"
         )
+    digest = manifest.get(DIGEST_KEY)
     return {
         "kind": "run",
         "path": str(manifest_path.parent),
         "status": manifest.get("status"),
+        # False: the manifest is not as levit-edge wrote it (edited, or unsealed): its status is no proof
+        "sealed": isinstance(digest, str) and seal(manifest)[DIGEST_KEY] == digest,
         "model": manifest.get("model", {}).get("name"),
         "files": manifest["files"],
         "firmware": sorted(name for name in manifest["files"] if is_firmware_file(name)),

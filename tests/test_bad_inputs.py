@@ -1179,7 +1179,8 @@ def outcomes(
         [sys.executable, str(TESTS / "cli_batch.py"), str(spec), str(results_path)],
         capture_output=True,
         text=True,
-        timeout=600,
+        # a hung child is killed at 120 s by the batch itself; this bounds the batch as a whole
+        timeout=120 * (-(-len(jobs) // PARALLEL)) + 300,
         env={**os.environ, "COLUMNS": "200"},
     )
     assert proc.returncode == 0, proc.stderr[-5000:]

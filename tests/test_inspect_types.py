@@ -43,3 +43,24 @@ def test_inspect_describes_an_input_that_is_no_tensor(tmp_path: Path, name: str)
     assert doc["outputs"][0] == {"name": "y", "shape": [1, 3], "type": "float32"}
     plain = cli("inspect", path)
     assert plain.returncode == 0 and f"input  x {expected}" in plain.stdout, plain.stdout + plain.stderr
+
+
+def test_inspect_of_a_run_with_an_edited_manifest_says_so(tmp_path: Path) -> None:
+    """A status turned to "passed" by hand: inspect shows the status and that it is no proof."""
+    from levit_edge.report.manifest import staged_run, write_manifest
+
+    with staged_run(tmp_path, "r", force=False) as run:
+        (run.dir / "report.json").write_text(json.dumps({"status": "failed-accuracy"}))
+        write_manifest(run.dir, {"status": "failed-accuracy"})
+        folder = run.commit()
+    intact = json.loads(cli("inspect", folder, "--json").stdout)
+    assert intact["status"] == "failed-accuracy" and intact["sealed"] is True
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "status": "passed"}))
+    edited = cli("inspect", folder, "--json")
+    assert edited.returncode == 0, edited.stderr
+    doc = json.loads(edited.stdout)
+    assert doc["status"] == "passed" and doc["sealed"] is False
+    plain = cli("inspect", folder)
+    line = "status passed, but manifest.json was edited since it was written: run verify"
+    assert line in plain.stderr + plain.stdout
