@@ -278,7 +278,7 @@ def _require_loadable(path: Path, name: str, out_dir: Path) -> None:
         ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception:  # ORT raises its own Fail/InvalidGraph types
         size = path.stat().st_size
-        raise _unwritten(name, out_dir, f"ONNX Runtime wrote it torn ({size} bytes, does not load)") from None
+        raise _unwritten(name, out_dir, f"ONNX Runtime cannot load the {size}-byte file it wrote") from None
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
