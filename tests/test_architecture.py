@@ -48,6 +48,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
             "levit_edge.artifacts",
             "levit_edge.settings",
             "levit_edge.pausepoint",
+            "levit_edge.paths",
         ),
     ),
 ]

@@ -13,6 +13,7 @@ from levit_edge.errors import AccuracyGateFailed, UserError
 from levit_edge.export.metadata import fixed_batch_of, preprocess_from_onnx
 from levit_edge.flows.export import check_chance
 from levit_edge.flows.job import Hooks, RunResult, StageTimer
+from levit_edge.paths import check_lengths
 from levit_edge.report import build
 from levit_edge.report.write import write_reports
 from levit_edge.runs.finished import FinishedRun
@@ -33,10 +34,12 @@ def validate_run(
 
     Raises :class:`AccuracyGateFailed` (``result``: the updated run) when the gate fails.
     """
+    check_lengths({"--val": val.path, "--data-root": val.data_root, "--exclude": val.exclude})
     run = FinishedRun.open(run_dir, "re-validate")
     timer = StageTimer(hooks)
     source = open_source(val)
-    preprocess, class_names, num_classes = preprocess_from_onnx(run.fp32)
+    preprocess = run.preprocess()  # the manifest's, every model agreeing
+    _, class_names, num_classes = preprocess_from_onnx(run.fp32)
     if source.class_names and num_classes and len(source.class_names) != num_classes:
         raise UserError(
             f"--val has {len(source.class_names)} class folders but the model has {num_classes} classes"
