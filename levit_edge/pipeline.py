@@ -41,7 +41,14 @@ from levit_edge.quant.profiles import ORT_PROFILES, PROFILES, TRT_PROFILE, Quant
 from levit_edge.quant.quantize import QuantResult, quantize
 from levit_edge.report.manifest import MANIFEST, staged_run, update_run, write_manifest
 from levit_edge.report.render import write_reports
-from levit_edge.settings import FallbackSettings, GateSettings, QuantSettings, RuntimeSettings, Targets
+from levit_edge.settings import (
+    FallbackSettings,
+    GateSettings,
+    PlatformSettings,
+    QuantSettings,
+    RuntimeSettings,
+    Targets,
+)
 from levit_edge.validate.compare import Evaluation, evaluate
 from levit_edge.validate.gate import FAILED, PASSED, GateResult, apply_gate
 from levit_edge.validate.sanity import check_above_chance, check_labels_fit
@@ -761,8 +768,13 @@ def validate_run(
     gate_settings: GateSettings,
     runtime: RuntimeSettings,
     hooks: Hooks | None = None,
+    platform: PlatformSettings | None = None,
 ) -> RunResult:
-    """Re-check a finished run on a (new) validation set; update its reports and manifest in place."""
+    """Re-check a finished run on a (new) validation set; update its reports and manifest in place.
+
+    With ``platform``, also check its CPU deliverables on that (emulated) CPU (levit_edge.platforms.check).
+    """
+    from levit_edge.platforms import check as platforms
     from levit_edge.report.manifest import read_json, require_intact
 
     if not (run_dir / MANIFEST).is_file():
@@ -770,6 +782,8 @@ def validate_run(
     if not (run_dir / FP32_FILE).is_file():
         raise UserError(f"{run_dir} has no {FP32_FILE}")
     require_intact(run_dir, "re-validate")  # before reading a model that may have been swapped
+    if platform is not None:
+        platforms.prepare(run_dir, platform)  # not set up: one error line before any work
     timer = _Timer(hooks)
     source = open_source(val)
     preprocess, class_names, num_classes = preprocess_from_onnx(run_dir / FP32_FILE)
@@ -794,6 +808,13 @@ def validate_run(
     if num_classes:  # recorded by every levit-edge export; without it there is no chance level to test
         _check_chance(evaluation, source, num_classes, gate_settings.allow_chance)
     gate = apply_gate(evaluation.comparisons("fp32"), gate_settings)
+    checked = None
+    if platform is not None:
+        with timer.stage(platform.platform):  # not recorded in stages: emulated time means nothing
+            checked = platforms.check_platform(
+                run_dir, val, preprocess, platform, gate_settings, runtime.threads
+            )
+    gate = platforms.combined_gate(gate, checked)
     report = read_json(run_dir / "report.json")
     manifest = read_json(run_dir / MANIFEST)
     previous = report.get("status")
@@ -808,6 +829,7 @@ def validate_run(
     body["status"] = status
     body["validation_data_hash"] = report["validation"]["data_hash"]
     body["class_order_rule"] = report["validation"]["class_order_rule"]
+    platforms.record_check(report, body, checked)
     update_run(run_dir, lambda folder: write_reports(folder, report), body)  # all or nothing
     result = RunResult(run_dir, status, report, gate, None)
     if not gate.passed:

@@ -313,7 +313,9 @@ class PlatformSettings:
         if self.platform not in PLATFORMS:
             raise UserError(f"--platform must be one of {', '.join(PLATFORMS)}, got '{self.platform}'")
         if isinstance(self.images, bool) or not 1 <= self.images <= MAX_PLATFORM_IMAGES:
-            raise UserError(f"--platform-images must be between 1 and {MAX_PLATFORM_IMAGES}, got {self.images}")
+            raise UserError(
+                f"--platform-images must be between 1 and {MAX_PLATFORM_IMAGES}, got {self.images}"
+            )
         if not 0 <= self.seed < 2**63:
             raise UserError(f"--platform-seed must be between 0 and 2**63 - 1, got {self.seed}")
 

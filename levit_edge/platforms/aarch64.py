@@ -116,7 +116,8 @@ def load_platform(cache: Path | None = None) -> Aarch64Platform:
         record = json.loads(path.read_text())
         qemu, root = folder / record["qemu"]["binary"], folder / record["root"]["folder"]
         runtimes = {
-            v: Runtime(r["onnxruntime"], r["numpy"], folder / r["site"]) for v, r in record["runtimes"].items()
+            v: Runtime(r["onnxruntime"], r["numpy"], folder / r["site"])
+            for v, r in record["runtimes"].items()
         }
         found = Aarch64Platform(
             folder, qemu, record["qemu"]["version"], root, record["root"]["python"], runtimes, record
@@ -209,7 +210,9 @@ def smoke_check(found: Aarch64Platform, runtime: Runtime) -> dict[str, Any]:
     except (ValueError, IndexError):
         raise UserError(f"the emulated aarch64 Python printed no version line: {_tail(proc)}") from None
     if seen.get("machine") != "aarch64" or seen.get("onnxruntime") != runtime.onnxruntime:
-        raise UserError(f"the emulated Python reports {seen}, expected aarch64 with onnxruntime {runtime.onnxruntime}")
+        raise UserError(
+            f"the emulated Python reports {seen}, expected aarch64 with onnxruntime {runtime.onnxruntime}"
+        )
     version = _run([str(found.qemu), "--version"], "qemu-aarch64").stdout.strip().splitlines()
     seen["qemu"] = version[0] if version else None
     return seen
@@ -279,8 +282,9 @@ def _provision_site(ort_version: str, np_version: str, folder: Path, tmp: Path) 
     wheels.mkdir()
     tags = [f"--platform=manylinux_2_{minor}_aarch64" for minor in range(ROOT_GLIBC, 16, -1)]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-cache-dir",
-           *tags, "--platform=manylinux2014_aarch64", f"--python-version={PYTHON_TAG}", "--implementation=cp",
-           "--abi=cp311", "-d", str(wheels), f"onnxruntime=={ort_version}", f"numpy=={np_version}"]  # fmt: skip
+           *tags, "--platform=manylinux2014_aarch64", f"--python-version={PYTHON_TAG}",
+           "--implementation=cp", "--abi=cp311", "-d", str(wheels),
+           f"onnxruntime=={ort_version}", f"numpy=={np_version}"]  # fmt: skip
     _run(cmd, f"the aarch64 wheels of onnxruntime {ort_version} and numpy {np_version} (pip download)")
     files = sorted(wheels.glob("*.whl"))
     names = {re.split(r"-", f.name)[0].lower() for f in files}
@@ -313,9 +317,13 @@ class _Apt:
 
     def __init__(self, base: Path, mirror: str, suite: str, arch: str, security: bool = False) -> None:
         if not KEYRING.is_file():
-            raise UserError(f"{KEYRING} is missing (Debian's archive keyring: package debian-archive-keyring)")
+            raise UserError(
+                f"{KEYRING} is missing (Debian's archive keyring: package debian-archive-keyring)"
+            )
         if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-            raise UserError("apt-get and dpkg-deb are needed to provision the aarch64 platform (a Debian host)")
+            raise UserError(
+                "apt-get and dpkg-deb are needed to provision the aarch64 platform (a Debian host)"
+            )
         self.mirror, self.suite, self.base = mirror.rstrip("/"), suite, base
         for sub in ("lists/partial", "cache/archives/partial", "sources", "prefs", "debs"):
             (base / sub).mkdir(parents=True)
@@ -329,9 +337,9 @@ class _Apt:
                 stanza += f"Signed-By: {KEYRING}\n"
         (base / "sources" / f"{suite}.sources").write_text(stanza)
         self.options = [
-            f"-oDir::Etc::SourceList=/dev/null",
+            "-oDir::Etc::SourceList=/dev/null",
             f"-oDir::Etc::SourceParts={base / 'sources'}",
-            f"-oDir::Etc::Preferences=/dev/null",
+            "-oDir::Etc::Preferences=/dev/null",
             f"-oDir::Etc::PreferencesParts={base / 'prefs'}",
             f"-oDir::State::Lists={base / 'lists'}",
             f"-oDir::State::status={base / 'status'}",
@@ -348,10 +356,14 @@ class _Apt:
 
     def _update(self) -> None:
         proc = subprocess.run(["apt-get", *self.options, "update"], capture_output=True, text=True)
-        failed = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith(("E:", "W:", "Err:"))]
+        failed = [
+            ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith(("E:", "W:", "Err:"))
+        ]
         if proc.returncode != 0 or any(ln.startswith(("E:", "Err:")) for ln in failed):
             why = failed[0] if failed else _tail(proc)
-            raise UserError(f"cannot download the Debian {self.suite} package lists from {self.mirror}: {why}")
+            raise UserError(
+                f"cannot download the Debian {self.suite} package lists from {self.mirror}: {why}"
+            )
 
     def download(self, package: str) -> Path:
         where = self.base / "debs"
@@ -360,7 +372,9 @@ class _Apt:
         )
         debs = sorted(where.glob("*.deb"))
         if proc.returncode != 0 or len(debs) != 1:
-            raise UserError(f"cannot download {package} from Debian {self.suite} ({self.mirror}): {_tail(proc)}")
+            raise UserError(
+                f"cannot download {package} from Debian {self.suite} ({self.mirror}): {_tail(proc)}"
+            )
         return debs[0]
 
     def download_closure(self, packages: tuple[str, ...]) -> list[Path]:

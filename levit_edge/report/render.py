@@ -1031,12 +1031,14 @@ KNOWN = {
     "sizes", "thresholds", "stages", "environment", "trtexec", "options", "calibration", "quantization",
     "engine", "validation", "accuracy", "drop", "agreement", "kl", "cosine", "per_class",
     "confusion_changes", "latency", "gate", "bench", "sensitivity", "fallback", "sensitivity_info",
-    "accuracy_budget", "firmware",
+    "accuracy_budget", "firmware", "platforms",
 }  # fmt: skip
 
 
 def build_document(report: Mapping[str, Any], plots: bool = True) -> Document:
     """The report as sections, most important first; ``plots=False`` skips the PNGs (for Markdown)."""
+    from levit_edge.report.platforms import platforms_section  # it builds on this module's blocks
+
     summary, facts = _headline(report)
     makers: list[Callable[[], Section | None]] = [
         lambda: _accuracy(report),
@@ -1050,6 +1052,7 @@ def build_document(report: Mapping[str, Any], plots: bool = True) -> Document:
         lambda: _fallback(report, plots),
         lambda: _engine(report),
         lambda: _firmware(report),
+        lambda: platforms_section(report),
         lambda: _stages(report),
         lambda: _model(report),
         lambda: _environment(report),
