@@ -92,7 +92,7 @@ class Aarch64Platform:
             have = ", ".join(sorted(self.runtimes)) or "none"
             raise UserError(
                 f"onnxruntime {onnxruntime} for aarch64 is not set up in {self.folder} (set up: {have}); "
-                f"run '{SETUP_COMMAND} --onnxruntime {onnxruntime}'"
+                f"run '{SETUP_COMMAND} --cache {self.folder.parent} --onnxruntime {onnxruntime}'"
             )
         return self.runtimes[onnxruntime]
 
@@ -109,7 +109,7 @@ def load_platform(cache: Path | None = None) -> Aarch64Platform:
     """The provisioned platform; a one-line UserError naming the set-up command when it is not there."""
     folder = folder_of(cache)
     path = folder / RECORD
-    hint = f"run '{SETUP_COMMAND}'" + (f" --cache {cache}" if cache is not None else "")
+    hint = f"run '{SETUP_COMMAND}" + (f" --cache {cache}'" if cache is not None else "'")
     if not path.is_file():
         raise UserError(f"the aarch64 platform is not set up in {folder}; {hint}")
     try:
