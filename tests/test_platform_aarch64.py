@@ -8,6 +8,7 @@ session fixture does it otherwise), and reused. Image counts stay small: emulati
 from __future__ import annotations
 
 import json
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,10 @@ from helpers import cli, miscalibration_set
 
 from levit_edge.backends.onnxruntime import OnnxRuntimeRunner
 from levit_edge.data.sources import DataSpec, open_source
+from levit_edge.errors import UserError
 from levit_edge.fixture import DatasetPaths, FixtureResult
 from levit_edge.pipeline import preprocess_from_onnx
-from levit_edge.platforms.aarch64 import RECORD, SETUP_COMMAND, provision
+from levit_edge.platforms.aarch64 import RECORD, SETUP_COMMAND, load_platform, provision
 from levit_edge.platforms.check import CPU_MODELS
 from levit_edge.settings import PlatformSetup
 
@@ -188,3 +190,14 @@ def test_setup_download_failure_is_one_line(tmp_path: Path) -> None:
     assert [p.name for p in (cache / "aarch64").iterdir() if p.name != ".lock"] == []
     proc = cli("setup-platform", "riscv64", "--cache", cache)
     assert proc.returncode == 1 and "platform must be one of aarch64" in proc.stderr
+
+
+def test_a_release_not_set_up_names_the_setup_for_it(aarch64_cache: Path) -> None:
+    """A run made with another ONNX Runtime release is checked with exactly that release: when it is not
+    provisioned, the error names the set-up command for it."""
+    found = load_platform(aarch64_cache)
+    with pytest.raises(UserError, match=r"setup-platform aarch64 --cache .* --onnxruntime 0\.0\.1'$"):
+        found.runtime("0.0.1")
+    installed = metadata.version("onnxruntime")
+    assert found.runtime(installed).onnxruntime == installed
+    assert (found.runtime(installed).site / "onnxruntime").is_dir()
