@@ -297,7 +297,7 @@ def pick(flag: Any, config: Mapping[str, Any], key: str, default: Any) -> Any:
 
 
 PLATFORMS = ("aarch64",)  # emulated CPU platforms a run's CPU deliverables can be checked on
-MAX_PLATFORM_IMAGES = 100_000
+MAX_PLATFORM_IMAGES = 10_000  # all images of a model go to one emulator process, in memory
 
 
 @dataclass(frozen=True)

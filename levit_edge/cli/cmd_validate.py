@@ -74,7 +74,12 @@ def validate_cli(
             hooks,
             emulated,
         )
-    summary(describe_result(result), result_document(result))
+    text = describe_result(result)
+    if emulated:
+        from levit_edge.platforms.check import describe_check
+
+        text += f"; {describe_check(result.report)}"
+    summary(text, result_document(result))
 
 
 @app.command("verify")

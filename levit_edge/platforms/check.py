@@ -176,3 +176,17 @@ def record_check(report: dict[str, Any], manifest_body: dict[str, Any], check: P
     if check is not None:
         report["platforms"] = {check.platform: check.to_dict()}
         manifest_body["platforms"] = {check.platform: check.to_dict()}
+
+
+def describe_check(report: dict[str, Any]) -> str:
+    """A short clause for the CLI's closing line from ``report.json``'s ``platforms`` section."""
+    parts = []
+    for name, check in sorted((report.get("platforms") or {}).items()):
+        models = check["models"].values()
+        agreement = min(m["agreement"] for m in models)
+        diff = max(m["max_abs_diff"] for m in models)
+        parts.append(
+            f"{name} (emulated, {check['images']} images): gate {check['gate']['status']}, "
+            f"same top-1 as x86 on >= {agreement:.1f}%, max |logit diff| {diff:.2g}"
+        )
+    return "; ".join(parts)
