@@ -56,14 +56,16 @@ def validate_cli(
 
     Exit 3 when the accuracy gate fails.
     """
-    from levit_edge.cli.cmd_export import describe_result
-    from levit_edge.data.sources import DataSpec
-    from levit_edge.pipeline import validate_run
     from levit_edge.settings import GateSettings, PlatformSettings, RuntimeSettings
 
+    # checked before the heavy imports below (torch, timm): a bad value fails in a second
     emulated = (
         PlatformSettings(platform, platform_images, platform_seed, platform_cache) if platform else None
     )
+    from levit_edge.cli.cmd_export import describe_result
+    from levit_edge.data.sources import DataSpec
+    from levit_edge.pipeline import validate_run
+
     spec = DataSpec(val, data_root, None, 0, skip_bad, exclude, class_order, class_list)
     with RichHooks() as hooks:
         result = validate_run(
