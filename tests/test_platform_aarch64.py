@@ -171,10 +171,16 @@ def test_setup_again_is_offline_and_idempotent(aarch64_cache: Path, monkeypatch:
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         monkeypatch.setenv(var, DEAD)
     monkeypatch.setenv("PIP_INDEX_URL", DEAD)
-    proc = cli("setup-platform", "aarch64", "--json", "--cache", aarch64_cache, "--mirror", f"{DEAD}/debian")
+    # a relative --cache, as scripts/setup.sh passes it (apt would read relative Dir:: paths elsewhere)
+    proc = cli(
+        "setup-platform", "aarch64", "--json", "--cache", aarch64_cache.name, "--mirror", f"{DEAD}/debian",
+        cwd=aarch64_cache.parent,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["downloaded"] == [] and doc["download_bytes"] == 0 and doc["exit_code"] == 0, doc
+    folder = Path(doc["folder"])
+    assert folder.is_absolute() and folder.samefile(aarch64_cache / "aarch64"), folder
     assert (aarch64_cache / "aarch64" / RECORD).read_bytes() == record
 
 

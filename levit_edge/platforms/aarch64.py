@@ -102,7 +102,9 @@ class Aarch64Platform:
 
 
 def folder_of(cache: Path | None) -> Path:
-    return (cache or default_cache()) / "aarch64"
+    # absolute: apt reads a relative Dir:: option as relative to its own state folder, and the emulator
+    # and the emulated Python get these paths from another working directory
+    return ((cache or default_cache()) / "aarch64").absolute()
 
 
 def load_platform(cache: Path | None = None) -> Aarch64Platform:
