@@ -648,6 +648,45 @@ def _(c: Ctx) -> Case:
     return Case(args, fragments=("not a complete run directory",))
 
 
+@case("validate-platform-not-set-up")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    args = [
+        "validate",
+        run,
+        "--val",
+        c.small_val,
+        "--platform",
+        "aarch64",
+        "--platform-cache",
+        c.dir / "none",
+    ]
+    return Case(args, fragments=("aarch64 platform is not set up", "levit-edge setup-platform aarch64"))
+
+
+@case("validate-platform-unknown")
+def _(c: Ctx) -> Case:
+    args = ["validate", c.run_copy(), "--val", c.small_val, "--platform", "sparc"]
+    return Case(args, fragments=("--platform must be one of aarch64", "sparc"))
+
+
+@case("validate-platform-images-zero")
+def _(c: Ctx) -> Case:
+    args = ["validate", c.run_copy(), "--val", c.small_val, "--platform", "aarch64", "--platform-images", "0"]
+    return Case(args, fragments=("--platform-images must be between 1",))
+
+
+@case("setup-platform-unknown")
+def _(c: Ctx) -> Case:
+    return Case(["setup-platform", "riscv64", "--cache", c.dir / "p"], fragments=("platform must be one of",))
+
+
+@case("setup-platform-bad-release")
+def _(c: Ctx) -> Case:
+    args = ["setup-platform", "aarch64", "--cache", c.dir / "p", "--onnxruntime", "latest"]
+    return Case(args, fragments=("--onnxruntime must be a release number", "latest"))
+
+
 @case("validate-class-names-differ")
 def _(c: Ctx) -> Case:
     run = c.run_copy()

@@ -77,9 +77,13 @@ class FinishedRun:
         return options if isinstance(options, dict) else {}
 
     def rewrite(
-        self, write: Callable[[Path], None], changes: Mapping[str, Any] | None = None
+        self,
+        write: Callable[[Path], None],
+        changes: Mapping[str, Any] | None = None,
+        remove: tuple[str, ...] = (),
     ) -> dict[str, Any]:
         """Rewrite files of the run (``write(folder)``) and its manifest as one all-or-nothing step
-        (levit_edge/runs/update.py); ``changes`` replace manifest keys. Returns the new manifest."""
-        body = {k: v for k, v in self.manifest().items() if k not in ("files", "schema_version")}
+        (levit_edge/runs/update.py); ``changes`` replace manifest keys, ``remove`` drops keys. Returns the
+        new manifest."""
+        body = {k: v for k, v in self.manifest().items() if k not in ("files", "schema_version", *remove)}
         return update_run(self.path, write, {**body, **(changes or {})})
