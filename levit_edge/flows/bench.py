@@ -77,10 +77,10 @@ def bench_run(
         if batches_given:
             raise UserError(f"{run_dir} was exported with --batch {fixed}: --batches can only be {fixed}")
         settings = replace(settings, batches=(fixed,))
+    factories, input_size = variant_factories(run, variants)  # checks every model against the manifest
     if skipped is not None:
         for name, reason in skipped_variants(variants.torch, variants.compile, variants.openvino).items():
             skipped(name, reason)
-    factories, input_size = variant_factories(run, variants)
     # the load before timing starts (the benchmark's own threads would count once it runs)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     settings = replace(settings, input_size=input_size, load_average=load)

@@ -34,10 +34,11 @@ class FinishedRun:
         the folder must be writable (``hint`` ends that error line), all before minutes of work."""
         if not path.is_dir():
             raise UserError(f"not a run directory: {path}")
+        missing = [FP32_FILE] if not (path / FP32_FILE).is_file() else []
         if manifest and not (path / MANIFEST).is_file():
-            raise UserError(f"{path} is not a complete run directory (no {MANIFEST})")
-        if not (path / FP32_FILE).is_file():
-            raise UserError(f"{path} has no {FP32_FILE}: not a levit-edge run directory")
+            missing.append(MANIFEST)
+        if missing:
+            raise UserError(f"{path} is not a complete run directory: it has no {' and no '.join(missing)}")
         if action is not None:
             require_intact(path, action)  # before reading a model that may have been swapped
             if not os.access(path, os.W_OK | os.X_OK):  # a read-only mount refuses even root
