@@ -124,12 +124,24 @@ def validate(
     class_order: str = EXPORT_DEFAULTS["class_order"],
     class_list: str | Path | None = None,
     allow_chance_accuracy: bool = EXPORT_DEFAULTS["allow_chance_accuracy"],
+    platform: str | None = None,
+    platform_images: int = 64,
+    platform_seed: int = 0,
+    platform_cache: str | Path | None = None,
 ) -> RunResult:
-    """``levit-edge validate``: re-check a run's models on ``val``; rewrites its reports and manifest."""
+    """``levit-edge validate``: re-check a run's models on ``val``; rewrites its reports and manifest.
+    ``platform="aarch64"`` also checks its CPU models on that CPU under emulation (``setup-platform``)."""
     from levit_edge.data.sources import DataSpec
     from levit_edge.flows.validate import validate_run
-    from levit_edge.settings import GateSettings, RuntimeSettings
+    from levit_edge.settings import GateSettings, PlatformSettings, RuntimeSettings
 
+    emulated = (
+        PlatformSettings(
+            platform, platform_images, platform_seed, Path(platform_cache) if platform_cache else None
+        )
+        if platform
+        else None
+    )
     spec = DataSpec(
         Path(val),
         Path(data_root) if data_root else None,
@@ -141,7 +153,8 @@ def validate(
         Path(class_list) if class_list else None,
     )
     gate = GateSettings(max_drop, allow_chance=allow_chance_accuracy)
-    return validate_run(Path(run_dir), spec, gate, RuntimeSettings(batch_size=batch_size, threads=threads))
+    runtime = RuntimeSettings(batch_size=batch_size, threads=threads)
+    return validate_run(Path(run_dir), spec, gate, runtime, None, emulated)
 
 
 def bench(

@@ -10,20 +10,49 @@ from levit_edge.errors import UserError
 from levit_edge.export.ort_format import is_firmware_file, operators_of
 from levit_edge.io import read_json, sha256_file
 from levit_edge.runs.layout import MANIFEST
+from levit_edge.runs.manifest import DIGEST_KEY, seal
 
 if TYPE_CHECKING:  # onnx is imported only to describe a model: a run directory needs just its manifest
     import onnx
 
 
-def _shape(vi: onnx.ValueInfoProto) -> list[int | str]:
-    dims = vi.type.tensor_type.shape.dim
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+def _shape(vi: onnx.ValueInfoProto) -> list[int | str] | None:
+    """Dims of a tensor input/output; None where it is no tensor or has no shape (a sequence, no type)."""
+    kind = vi.type.WhichOneof("value")
+    if kind not in ("tensor_type", "sparse_tensor_type"):
+        return None
+    tensor = getattr(vi.type, kind)
+    if not tensor.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
 
 
 def _elem(vi: onnx.ValueInfoProto) -> str:
-    import onnx
+    """The element type (``float32``), or what the value is when it is no tensor of a known type: a valid
+    ONNX graph may declare a sequence, a map, an optional, or no type at all."""
+    return _type_text(vi.type)
 
-    return onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
+
+def _type_text(tp: onnx.TypeProto) -> str:
+    from onnx import helper
+
+    kind = tp.WhichOneof("value")
+    if kind is None:
+        return "(no type)"
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        elem = getattr(tp, kind).elem_type
+        try:
+            name = str(helper.tensor_dtype_to_np_dtype(elem).name)
+        except (KeyError, TypeError, ValueError):
+            name = "undefined" if elem == 0 else f"elem_type {elem}"
+        return name if kind == "tensor_type" else f"sparse {name}"
+    if kind == "sequence_type":
+        return f"sequence of {_type_text(tp.sequence_type.elem_type)}"
+    if kind == "optional_type":
+        return f"optional {_type_text(tp.optional_type.elem_type)}"
+    if kind == "map_type":
+        return f"map to {_type_text(tp.map_type.value_type)}"
+    return kind.removesuffix("_type")
 
 
 def describe_onnx(path: Path) -> dict[str, Any]:
@@ -67,10 +96,13 @@ def describe_run(path: Path) -> dict[str, Any]:
         raise UserError(
             f"{manifest_path} is not a levit-edge manifest ('files' must map names to sha256/size)"
         )
+    digest = manifest.get(DIGEST_KEY)
     return {
         "kind": "run",
         "path": str(manifest_path.parent),
         "status": manifest.get("status"),
+        # False: the manifest is not as levit-edge wrote it (edited, or unsealed): its status is no proof
+        "sealed": isinstance(digest, str) and seal(manifest)[DIGEST_KEY] == digest,
         "model": manifest.get("model", {}).get("name"),
         "files": manifest["files"],
         "firmware": sorted(name for name in manifest["files"] if is_firmware_file(name)),

@@ -3,8 +3,9 @@
 Killing a run "while it calibrates" by watching files from outside is a race: on a fast or a loaded machine
 the stage may be over before the signal lands. A run passes :func:`pause_point` at the start of every stage;
 with ``LEVIT_EDGE_PAUSE_AT=NAME=MARKER`` in its environment it writes its pid to the file ``MARKER`` when it
-reaches point ``NAME`` and sleeps there until a signal ends it (or :data:`MAX_PAUSE_S` passes). Without the
-variable, the call returns at once: nothing a user runs is ever held.
+reaches point ``NAME`` and sleeps there until a signal ends it, or until the test removes ``MARKER`` (the run
+then goes on: the test changed the world at that point, e.g. filled the disk), or :data:`MAX_PAUSE_S`
+passes. Without the variable, the call returns at once: nothing a user runs is ever held.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def pause_point(name: str) -> None:
     point, _, marker = spec.partition("=")
     if point != name or not marker:
         return
-    Path(marker).write_text(f"{os.getpid()}\n")
+    held = Path(marker)
+    held.write_text(f"{os.getpid()}\n")
     deadline = time.monotonic() + MAX_PAUSE_S
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and held.exists():
         time.sleep(0.05)  # a signal handler raises out of here

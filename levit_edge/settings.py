@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -293,3 +294,47 @@ def pick(flag: Any, config: Mapping[str, Any], key: str, default: Any) -> Any:
     if flag is not None:
         return flag
     return config.get(key, default)
+
+
+PLATFORMS = ("aarch64",)  # emulated CPU platforms a run's CPU deliverables can be checked on
+MAX_PLATFORM_IMAGES = 10_000  # all images of a model go to one emulator process, in memory
+
+
+@dataclass(frozen=True)
+class PlatformSettings:
+    """Checking a run's CPU deliverables on another CPU architecture under emulation."""
+
+    platform: str = "aarch64"
+    images: int = 64  # seeded subset of --val (start-up and inference under emulation are slow)
+    seed: int = 0
+    cache: Path | None = None  # where setup-platform provisioned it (None: the default cache)
+
+    def __post_init__(self) -> None:
+        if self.platform not in PLATFORMS:
+            raise UserError(f"--platform must be one of {', '.join(PLATFORMS)}, got '{self.platform}'")
+        if isinstance(self.images, bool) or not 1 <= self.images <= MAX_PLATFORM_IMAGES:
+            raise UserError(
+                f"--platform-images must be between 1 and {MAX_PLATFORM_IMAGES}, got {self.images}"
+            )
+        if not 0 <= self.seed < 2**63:
+            raise UserError(f"--platform-seed must be between 0 and 2**63 - 1, got {self.seed}")
+
+
+@dataclass(frozen=True)
+class PlatformSetup:
+    """What ``setup-platform`` provisions: the emulator, an arm64 Python and an ONNX Runtime release."""
+
+    platform: str = "aarch64"
+    cache: Path | None = None  # None: the default cache
+    onnxruntime: str | None = None  # None: the installed release (the one runs here record)
+    numpy: str | None = None  # None: the installed release
+    mirror: str = "http://deb.debian.org/debian"  # Debian archive the emulator and the arm64 root come from
+
+    def __post_init__(self) -> None:
+        if self.platform not in PLATFORMS:
+            raise UserError(f"platform must be one of {', '.join(PLATFORMS)}, got '{self.platform}'")
+        for name, value in (("--onnxruntime", self.onnxruntime), ("--numpy", self.numpy)):
+            if value is not None and not re.fullmatch(r"\d+(\.\d+){1,3}([a-z]+\d+)?(\.post\d+)?", value):
+                raise UserError(f"{name} must be a release number such as 1.32.0, got '{value}'")
+        if not re.fullmatch(r"https?://[^\s]+", self.mirror):
+            raise UserError(f"--mirror must be an http(s) URL of a Debian archive, got '{self.mirror}'")

@@ -16,3 +16,6 @@ fi
 # so mypy checks the TensorRT code against the real API.
 .venv/bin/pip install -q --no-deps tensorrt-stubs==10.13.0.35.1
 .venv/bin/python tools/trt_stubs.py >/dev/null
+# The emulated aarch64 platform of 'validate --platform aarch64' and tests/test_platform_aarch64.py: about
+# 126 MB from Debian's archive and PyPI the first time (about 30 s here), then reused from .cache/platforms.
+.venv/bin/levit-edge setup-platform aarch64 --cache .cache/platforms --quiet

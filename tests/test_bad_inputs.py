@@ -225,6 +225,11 @@ def _(c: Ctx) -> Case:
     return Case(c.export("--img-size", "4096"), fragments=("--img-size", "between 32 and 1024"))
 
 
+@case("export-num-classes-absurd")
+def _(c: Ctx) -> Case:
+    return Case(c.export("--num-classes", str(10**11)), fragments=("--num-classes must be between",))
+
+
 @case("export-seed-beyond-64-bits")
 def _(c: Ctx) -> Case:
     return Case(c.export("--seed", str(2**64)), fragments=("--seed must be between",))
@@ -243,6 +248,14 @@ def _(c: Ctx) -> Case:
     bad = sorted((val / c.data.classes[4]).glob("*.png"))[1]
     bad.write_bytes(os.urandom(3000))
     return Case(c.export("--val", val), fragments=("cannot read image", bad.name))
+
+
+@case("export-val-image-decompression-bomb")
+def _(c: Ctx) -> Case:
+    # Beyond Pillow's MAX_IMAGE_PIXELS (89.5 Mpx) but under twice it: Pillow only warns, on stderr
+    val = c.val_folders(list(c.data.classes), per_class=1)
+    Image.new("L", (9500, 9500)).save(val / c.data.classes[2] / "huge.png", optimize=False, compress_level=1)
+    return Case(c.export("--val", val), fragments=("cannot read image", "huge.png", "decompression bomb"))
 
 
 @case("export-truncated-calib-jpeg")
@@ -555,6 +568,50 @@ def _(c: Ctx) -> Case:
     return Case(args, fsize=limit, fragments=("model.fp32-inferred.onnx", "truncated"))
 
 
+@case("export-ort-format-disk-full")
+def _(c: Ctx) -> Case:
+    # Room for model.fp32.onnx but not for the (slightly larger) model.fp32.ort ONNX Runtime writes itself
+    limit = (c.base_run / "model.fp32.onnx").stat().st_size + 8192
+    args = c.export("--target", "ort", "--ort-format-fp32")
+    return Case(args, fsize=limit, fragments=("cannot write model.fp32.ort", "ONNX Runtime"))
+
+
+# over-long paths: one line naming the path, no folder made on the way (ENAMETOOLONG)
+_LONG_NAME = "n" * 300  # beyond NAME_MAX (255 bytes) of every common file system
+_DEEP = "/".join(["d" * 200] * 22)  # every component fits; the whole is beyond PATH_MAX (4096)
+
+
+@case("export-out-component-too-long")
+def _(c: Ctx) -> Case:
+    args = c.export()
+    args[args.index("--out") + 1] = c.dir / _LONG_NAME / "runs"
+    return Case(args, fragments=("--out", "too long", _LONG_NAME))
+
+
+@case("export-out-path-too-long")
+def _(c: Ctx) -> Case:
+    args = c.export()
+    args[args.index("--out") + 1] = c.dir / _DEEP
+    return Case(args, fragments=("--out", "too long"))
+
+
+@case("export-val-path-too-long")
+def _(c: Ctx) -> Case:
+    return Case(c.export("--val", c.dir / _LONG_NAME), fragments=("--val", "too long", _LONG_NAME))
+
+
+@case("export-checkpoint-path-too-long")
+def _(c: Ctx) -> Case:
+    args = c.export(checkpoint=c.dir / f"{_LONG_NAME}.pth")
+    return Case(args, fragments=("--checkpoint", "too long", _LONG_NAME))
+
+
+@case("export-calib-path-too-long")
+def _(c: Ctx) -> Case:
+    args = c.export("--int8", "--target", "ort", "--calib", c.dir / _DEEP / "calib")
+    return Case(args, fragments=("--calib", "too long"))
+
+
 # export: conflicting or invalid options
 @case("export-checkpoint-and-pretrained")
 def _(c: Ctx) -> Case:
@@ -589,6 +646,45 @@ def _(c: Ctx) -> Case:
     (c.dir / "empty").mkdir()
     args = ["validate", c.dir / "empty", "--val", c.small_val]
     return Case(args, fragments=("not a complete run directory",))
+
+
+@case("validate-platform-not-set-up")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    args = [
+        "validate",
+        run,
+        "--val",
+        c.small_val,
+        "--platform",
+        "aarch64",
+        "--platform-cache",
+        c.dir / "none",
+    ]
+    return Case(args, fragments=("aarch64 platform is not set up", "levit-edge setup-platform aarch64"))
+
+
+@case("validate-platform-unknown")
+def _(c: Ctx) -> Case:
+    args = ["validate", c.run_copy(), "--val", c.small_val, "--platform", "sparc"]
+    return Case(args, fragments=("--platform must be one of aarch64", "sparc"))
+
+
+@case("validate-platform-images-zero")
+def _(c: Ctx) -> Case:
+    args = ["validate", c.run_copy(), "--val", c.small_val, "--platform", "aarch64", "--platform-images", "0"]
+    return Case(args, fragments=("--platform-images must be between 1",))
+
+
+@case("setup-platform-unknown")
+def _(c: Ctx) -> Case:
+    return Case(["setup-platform", "riscv64", "--cache", c.dir / "p"], fragments=("platform must be one of",))
+
+
+@case("setup-platform-bad-release")
+def _(c: Ctx) -> Case:
+    args = ["setup-platform", "aarch64", "--cache", c.dir / "p", "--onnxruntime", "latest"]
+    return Case(args, fragments=("--onnxruntime must be a release number", "latest"))
 
 
 @case("validate-class-names-differ")
@@ -686,6 +782,143 @@ def _(c: Ctx) -> Case:
     shutil.copytree(c.small_val, val)
     os.mkfifo(val / c.data.classes[3] / "x.png")  # nobody writes to it: reading it would block forever
     return Case(["validate", run, "--val", val], fragments=("x.png", "not a regular file (a FIFO)"))
+
+
+# validate: a run whose models disagree with its manifest, re-sealed as someone with write access could
+def _reseal(run: Path) -> None:
+    """Re-hash the run's files into its manifest and re-seal it: what an attacker with write access does."""
+    from levit_edge.runs.layout import MANIFEST
+    from levit_edge.runs.manifest import DIGEST_KEY, write_manifest
+
+    manifest = json.loads((run / MANIFEST).read_text())
+    body = {k: v for k, v in manifest.items() if k not in ("files", "schema_version", DIGEST_KEY)}
+    (run / MANIFEST).unlink()  # a hard link to the base run: never write through it
+    write_manifest(run, body)
+
+
+def _set_metadata(path: Path, key: str, edit: Callable[[dict[str, object]], None]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    value = json.loads(props[key])
+    edit(value)
+    onnx.helper.set_model_props(model, {**props, key: json.dumps(value)})
+    path.unlink()
+    onnx.save(model, str(path))
+
+
+def _size_model(c: Ctx, path: Path, size: int) -> None:
+    """A small valid ONNX classifier taking ``size`` px images, with the run's metadata but that size."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    source = onnx.load(str(c.base_run / "model.fp32.onnx"), load_external_data=False)
+    props = {p.key: p.value for p in source.metadata_props}
+    pre = json.loads(props["levit_edge.preprocess"])
+    pre["input_size"] = [3, size, size]
+    classes = len(c.result.classes)
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [3, classes], [0.1] * (3 * classes))
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+        ],
+        "other-size",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(model, {**props, "levit_edge.preprocess": json.dumps(pre)})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+@case("validate-model-metadata-input-size-absurd")
+def _(c: Ctx) -> Case:
+    # The model's metadata asks for 2**40 px images (validate used to allocate for it): the manifest says 64
+    run = c.run_copy()
+    absurd = [3, 2**40, 2**40]
+    _set_metadata(run / "model.fp32.onnx", "levit_edge.preprocess", lambda p: p.update(input_size=absurd))
+    _reseal(run)
+    args = ["validate", run, "--val", c.small_val]
+    return Case(args, fragments=("model.fp32.onnx", "manifest.json", "input_size"))
+
+
+@case("validate-manifest-and-metadata-input-size-absurd")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    absurd = [3, 2**40, 2**40]
+    _set_metadata(run / "model.fp32.onnx", "levit_edge.preprocess", lambda p: p.update(input_size=absurd))
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["preprocess"]["input_size"] = absurd
+    (run / "manifest.json").unlink()
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    _reseal(run)
+    return Case(["validate", run, "--val", c.small_val], fragments=("input_size", "at most 1024"))
+
+
+@case("validate-run-mixing-image-sizes")
+def _(c: Ctx) -> Case:
+    # An INT8 model slot holding a model exported at 80 px beside the 64 px FP32 model, manifest re-sealed
+    run = c.run_copy()
+    _size_model(c, run / "model.int8.ort.onnx", 80)
+    _reseal(run)
+    args = ["validate", run, "--val", c.small_val]
+    return Case(args, fragments=("model.int8.ort.onnx", "80x80", "64x64"))
+
+
+@case("bench-run-mixing-image-sizes")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    _size_model(c, run / "model.int8.ort.onnx", 80)
+    _reseal(run)
+    args = ["bench", run, "--no-torch", "--rounds", "1", "--repeat", "1", "--warmup", "0", "--batches", "1"]
+    return Case([*args, "--threads", "1"], fragments=("model.int8.ort.onnx", "80x80", "64x64"))
+
+
+def _set_prop(path: Path, key: str, value: str) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, key: value})
+    path.unlink()
+    onnx.save(model, str(path))
+
+
+@case("validate-model-metadata-not-json")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    _set_prop(run / "model.fp32.onnx", "levit_edge.preprocess", "{input_size: [3, 64, 64]")
+    _reseal(run)
+    args = ["validate", run, "--val", c.small_val]
+    return Case(args, fragments=("model.fp32.onnx", "levit_edge.preprocess", "not JSON"))
+
+
+@case("validate-model-metadata-num-classes-not-a-number")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    _set_prop(run / "model.fp32.onnx", "levit_edge.num_classes", "ten")
+    _reseal(run)
+    args = ["validate", run, "--val", c.small_val]
+    return Case(args, fragments=("model.fp32.onnx", "num_classes"))
+
+
+@case("validate-threads-beyond-64-bits")
+def _(c: Ctx) -> Case:
+    args = ["validate", c.run_copy(), "--val", c.small_val, "--threads", str(2**64)]
+    return Case(args, fragments=("--threads must be",))
+
+
+@case("debug-truncated-int8-model")
+def _(c: Ctx) -> Case:
+    run = c.run_copy()
+    (run / "model.int8.ort.onnx").write_bytes((run / "model.fp32.onnx").read_bytes()[:100_000])
+    _reseal(run)
+    args = ["debug", run, "--no-save", "--val", c.small_val, "--calib", c.small_val, "--samples", "2"]
+    return Case(args, fragments=("model.int8.ort.onnx", "is not an ONNX model"))
 
 
 @case("bench-file-added-to-the-run")
@@ -941,7 +1174,16 @@ def _base_run(root: Path, fx: Fixture, small_val: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def outcomes(trained_fixture: Fixture, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
+def outcomes(
+    trained_fixture: Fixture, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> dict[str, Outcome]:
+    # Only the cases this session selected (``-k``) are built and run; a plain run takes every one.
+    selected = {
+        item.callspec.params["name"]
+        for item in request.session.items
+        if getattr(item, "originalname", "") == "test_bad_input" and hasattr(item, "callspec")
+    }
+    chosen = {name: build for name, build in CASES.items() if name in selected}
     root = tmp_path_factory.mktemp("bad-inputs")
     data, result, checkpoint = trained_fixture
     shared = root / "shared"
@@ -955,7 +1197,7 @@ def outcomes(trained_fixture: Fixture, tmp_path_factory: pytest.TempPathFactory)
     logs.mkdir()
     cases: dict[str, Case] = {}
     jobs = []
-    for name, build in CASES.items():
+    for name, build in chosen.items():
         ctx = Ctx(root / "cases" / name, data, result, checkpoint, base, small_val)
         ctx.dir.mkdir(parents=True)
         cases[name] = build(ctx)
@@ -970,7 +1212,7 @@ def outcomes(trained_fixture: Fixture, tmp_path_factory: pytest.TempPathFactory)
                 "fsize": cases[name].fsize,
             }
         )
-    before = {name: _snapshot(root / "cases" / name) for name in CASES}
+    before = {name: _snapshot(root / "cases" / name) for name in chosen}
     spec = root / "jobs.json"
     spec.write_text(json.dumps({"parallel": PARALLEL, "timeout": 120, "jobs": jobs}))
     results_path = root / "results.json"
@@ -978,7 +1220,8 @@ def outcomes(trained_fixture: Fixture, tmp_path_factory: pytest.TempPathFactory)
         [sys.executable, str(TESTS / "cli_batch.py"), str(spec), str(results_path)],
         capture_output=True,
         text=True,
-        timeout=1800,  # a hang guard only: each job has its own 120 s limit
+        # a hung child is killed at 120 s by the batch itself; this bounds the batch as a whole
+        timeout=120 * (-(-len(jobs) // PARALLEL)) + 300,
         env={**os.environ, "COLUMNS": "200"},
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
@@ -993,7 +1236,7 @@ def outcomes(trained_fixture: Fixture, tmp_path_factory: pytest.TempPathFactory)
             _snapshot(root / "cases" / name),
             results[name]["seconds"],
         )
-        for name in CASES
+        for name in chosen
     }
 
 

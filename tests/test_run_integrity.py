@@ -13,7 +13,10 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +36,7 @@ from levit_edge.runs.layout import MANIFEST
 from levit_edge.runs.manifest import verify_manifest, write_manifest
 from levit_edge.runs.staging import StagedRun, staged_run
 from levit_edge.runs.update import update_run
+from levit_edge.settings import Targets
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -363,3 +367,106 @@ def test_skip_bad_also_skips_a_dangling_symlink_in_the_data_hash(tmp_path: Path)
     with pytest.raises(UserError, match=r"b\.png"):
         open_source(DataSpec(folder)).fingerprint()
     assert len(open_source(DataSpec(folder, skip_bad=True)).fingerprint()) == 64
+
+
+def _read_only_bind(target: Path) -> list[str] | None:
+    """A command prefix running its command in a private mount namespace where ``target`` is bound onto
+    itself read-only (writes fail with EROFS even for root); None where no such namespace is allowed."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None
+    flags = ["--mount"] if os.geteuid() == 0 else ["--mount", "--map-root-user"]
+    mount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0"'
+    probe = subprocess.run(
+        [unshare, *flags, "sh", "-c", f'{mount} && ! touch "$0/.probe" 2>/dev/null', str(target)],
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        return None
+    return [unshare, *flags, "sh", "-c", f'{mount} && exec "$@"', str(target)]
+
+
+@pytest.mark.slow
+def test_debug_on_a_read_only_run(
+    trained_fixture: tuple[DatasetPaths, FixtureResult, Path], tmp_path: Path
+) -> None:
+    """debug on a run of a read-only file system: ORT's shape-inferred scratch copies never go into the
+    run (a FileNotFoundError traceback); saving is refused in one line before measuring; --no-save ranks."""
+    data, result, checkpoint = trained_fixture
+    job = ExportJob(
+        model=ModelSpec(result.model_name, checkpoint, len(result.classes), result.img_size),
+        targets=Targets.parse("ort", True),
+        calib=DataSpec(data.calib, size=8),
+        val=DataSpec(data.val, size=20),
+        out=tmp_path,
+        name="q",
+    )
+    run = run_export(job).run_dir
+    prefix = _read_only_bind(run)
+    if prefix is None:
+        pytest.skip("no private mount namespace here (unshare --mount refused): cannot make a read-only run")
+    before = snapshot(run)
+    code = "from levit_edge.cli.app import main; main()"
+    debug = [*prefix, sys.executable, "-c", code, "debug", str(run), "--samples", "4", "--rank-images", "8"]
+    env = {**os.environ, "COLUMNS": "200"}
+    saved = subprocess.run(debug, capture_output=True, text=True, env=env, timeout=600)
+    assert saved.returncode == 1, saved.stderr
+    assert saved.stderr.splitlines() == [
+        f"error: cannot save the ranking into {run}: it is not writable; pass --no-save"
+    ], saved.stderr
+    ranked = subprocess.run([*debug, "--no-save"], capture_output=True, text=True, env=env, timeout=600)
+    assert ranked.returncode == 0, ranked.stderr[-3000:]
+    assert "Traceback" not in ranked.stderr
+    assert "most harmful layer int8.ort: " in ranked.stderr + ranked.stdout
+    assert snapshot(run) == before
+
+
+# A full inode table at the start of INT8 calibration, in a private tmpfs: the run is held at its
+# pause point, the script takes every free inode but FREE, then lets the run go on.
+_FULL_INODES = r"""
+root="$1"; outside="$2"; free="$3"; shift 3
+mount -t tmpfs -o size=400m,nr_inodes=4096 tmpfs "$root" || exit 99
+"$@" > "$outside/stdout" 2> "$outside/stderr" &
+pid=$!
+while [ ! -e "$outside/paused" ] && kill -0 $pid 2>/dev/null; do sleep 0.05; done
+mkdir "$root/fill"; i=0
+while true > "$root/fill/$i" 2>/dev/null; do i=$((i+1)); done
+while [ "$free" -gt 0 ]; do i=$((i-1)); free=$((free-1)); rm "$root/fill/$i"; done
+rm -f "$outside/paused"
+wait $pid; code=$?
+find "$root" -path "$root/fill" -prune -o -print > "$outside/left"
+exit $code
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("free", [0, 2])  # 2: room for the model's link in scratch, not for ORT's copy
+def test_inodes_exhausted_during_calibration_is_one_line(
+    trained_fixture: tuple[DatasetPaths, FixtureResult, Path], tmp_path: Path, free: int
+) -> None:
+    from levit_edge.pausepoint import ENV
+
+    data, result, checkpoint = trained_fixture
+    unshare = shutil.which("unshare")
+    root = tmp_path / "root"
+    root.mkdir()
+    flags = ["--mount"] if os.geteuid() == 0 else ["--mount", "--map-root-user"]
+    probe = [unshare or "unshare", *flags, "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$0"', str(root)]
+    if unshare is None or subprocess.run(probe, capture_output=True).returncode != 0:
+        pytest.skip("no private mount namespace here (unshare --mount refused): cannot make a small tmpfs")
+    export = [
+        sys.executable, "-c", "from levit_edge.cli.app import main; main()", "export",
+        "--model", result.model_name, "--img-size", str(result.img_size),
+        "--num-classes", str(len(result.classes)), "--checkpoint", str(checkpoint),
+        "--int8", "--target", "ort", "--calib", str(data.calib), "--calib-size", "8",
+        "--out", str(root / "out"), "--name", "r",
+    ]  # fmt: skip
+    env = {**os.environ, "COLUMNS": "200", ENV: f"stage:calibrate={tmp_path / 'paused'}"}
+    script = [unshare, *flags, "sh", "-c", _FULL_INODES, "sh", str(root), str(tmp_path), str(free)]
+    proc = subprocess.run([*script, *export], capture_output=True, text=True, env=env, timeout=600)
+    stderr = (tmp_path / "stderr").read_text()
+    assert proc.returncode == 1, proc.stderr + stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert "No space left on device" in lines[0] or "is the disk full" in lines[0], stderr
+    assert (tmp_path / "left").read_text().split() == [str(root)], "the failed run left files behind"

@@ -9,9 +9,12 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import signal
 import sys
+import warnings
+from collections.abc import Iterator
 from types import FrameType
 from typing import NoReturn
 
@@ -79,6 +82,7 @@ def install_signal_handlers() -> None:
 # OSError numbers that mean "the environment refused a write", not a bug.
 _ENVIRONMENT_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE}
+    | {errno.ENAMETOOLONG}  # a path no option check caught (levit_edge.paths): still one line naming it
 )
 
 
@@ -135,11 +139,32 @@ def _error(message: str) -> None:
     log.error("error: %s", message, extra={"console": False})  # for --log-file: stderr has it already
 
 
+@contextlib.contextmanager
+def _warnings_held() -> Iterator[list[warnings.WarningMessage]]:
+    """Hold back the warnings dependencies print (torch, timm, Pillow) while the command runs: a command
+    that fails prints its one error line and nothing else; one that succeeds shows them at its end.
+
+    Pillow's DecompressionBombWarning (an image beyond ``Image.MAX_IMAGE_PIXELS``) becomes an error, so the
+    image is refused by name like any unreadable one (``--skip-bad`` leaves it out) instead of decoded.
+    """
+    with warnings.catch_warnings(record=True) as held:
+        # by its text: importing Pillow for its class would slow every command's start
+        warnings.filterwarnings("error", r"Image size \(\d+ pixels\) exceeds limit", RuntimeWarning)
+        try:
+            yield held
+        except BaseException:
+            held.clear()
+            raise
+    for w in held:  # as Python would have printed them
+        sys.stderr.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line))
+
+
 def _run(argv: list[str]) -> None:
     _register_commands()
     install_signal_handlers()
     try:
-        rc = app(args=argv, standalone_mode=False)
+        with _warnings_held():
+            rc = app(args=argv, standalone_mode=False)
     except (UserError, AccuracyGateFailed, EngineUnavailable, RunMismatch) as exc:
         from levit_edge.cli.output import MODE
 

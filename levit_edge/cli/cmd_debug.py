@@ -86,8 +86,8 @@ def debug_cli(
     from levit_edge.errors import UserError
     from levit_edge.flows.debug import debug_run
 
-    if top < 1:
-        raise UserError("--top must be >= 1")
+    if samples < 0 or rank_images < 1 or top < 1:
+        raise UserError("--samples must be >= 0, --rank-images and --top >= 1")
     with RichHooks(lines=True) as hooks:
         results = debug_run(
             run_dir,

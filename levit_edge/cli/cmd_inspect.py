@@ -28,8 +28,10 @@ def inspect_cli(
     info = inspect_path(path)
     # the run's own command line is "run_command": "command" names the levit-edge command of --json
     set_result({"status": "ok", **{("run_command" if k == "command" else k): v for k, v in info.items()}})
+    sealed = info.get("sealed", True)
+    edited = "" if sealed else ", but manifest.json was edited since it was written: run verify"
     if info["kind"] == "run":
-        table = Table("file", "size", "sha256", "", title=f"{info['path']} ({info['status']})")
+        table = Table("file", "size", "sha256", "", title=f"{info['path']} ({info['status']}{edited})")
         for name, entry in info["files"].items():
             mark = "firmware" if name in info.get("firmware", ()) else ""
             table.add_row(name, f"{entry['size']:,}", entry["sha256"], mark)
@@ -37,7 +39,8 @@ def inspect_cli(
     else:
         for key in ("inputs", "outputs"):
             for io in info[key]:
-                console.print(f"{key[:-1]:6} {io['name']} {io['type']} {io['shape']}", markup=False)
+                shape = "" if io["shape"] is None else f" {io['shape']}"
+                console.print(f"{key[:-1]:6} {io['name']} {io['type']}{shape}", markup=False)
         if "ops" in info:
             table = Table("op", "count", title=f"{info['nodes']} nodes, opset {info['opset']}")
             for op, count in info["ops"].items():
@@ -59,7 +62,7 @@ def inspect_cli(
             )
     if info["kind"] == "run":
         firmware = f" ({len(info['firmware'])} firmware)" if info.get("firmware") else ""
-        summary(f"run {info['path']}: {len(info['files'])} files{firmware}, status {info['status']}")
+        summary(f"run {info['path']}: {len(info['files'])} files{firmware}, status {info['status']}{edited}")
     elif info["kind"] == "onnx":
         summary(
             f"{path}: {info['nodes']} nodes, {info['quantize_linear']} QuantizeLinear / "

@@ -43,15 +43,28 @@ def validate_cli(
     allow_chance_accuracy: bool = typer.Option(
         False, "--allow-chance-accuracy", help="Accept labelled FP32 top-1 at or below chance."
     ),
+    platform: str | None = typer.Option(
+        None, "--platform", help="Also check the CPU models on this CPU under emulation: aarch64."
+    ),
+    platform_images: int = typer.Option(64, "--platform-images", help="Images of --val checked there."),
+    platform_seed: int = typer.Option(0, "--platform-seed", help="Seed of that subset."),
+    platform_cache: Path | None = typer.Option(
+        None, "--platform-cache", help="Where setup-platform put it [default: ~/.cache/levit-edge/platforms]."
+    ),
 ) -> None:
     """Re-validate every model of a run on a validation set; update its reports and manifest.
 
     Exit 3 when the accuracy gate fails.
     """
+    from levit_edge.settings import GateSettings, PlatformSettings, RuntimeSettings
+
+    # checked before the heavy imports below (torch, timm): a bad value fails in a second
+    emulated = (
+        PlatformSettings(platform, platform_images, platform_seed, platform_cache) if platform else None
+    )
     from levit_edge.cli.cmd_export import describe_result
     from levit_edge.data.sources import DataSpec
     from levit_edge.flows.validate import validate_run
-    from levit_edge.settings import GateSettings, RuntimeSettings
 
     spec = DataSpec(val, data_root, None, 0, skip_bad, exclude, class_order, class_list)
     with RichHooks() as hooks:
@@ -61,8 +74,14 @@ def validate_cli(
             GateSettings(max_drop, allow_chance=allow_chance_accuracy),
             RuntimeSettings(batch_size=batch_size, threads=threads),
             hooks,
+            emulated,
         )
-    summary(describe_result(result), result_document(result))
+    text = describe_result(result)
+    if emulated:
+        from levit_edge.platforms.check import describe_check
+
+        text += f"; {describe_check(result.report)}"
+    summary(text, result_document(result))
 
 
 @app.command("verify")

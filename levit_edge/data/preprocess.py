@@ -24,6 +24,7 @@ __all__ = ["CROP_MODES", "INTERPOLATIONS", "PreprocessConfig", "to_rgb"]
 INTERPOLATIONS = frozenset({"nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"})
 CROP_MODES = frozenset({"center", "squash", "border"})
 
+MAX_SIZE = 1024  # the largest --img-size (levit_edge.model.load.ModelSpec)
 _KEYS = ("input_size", "mean", "std", "crop_pct", "interpolation", "crop_mode")
 
 
@@ -109,9 +110,11 @@ class PreprocessConfig:
             raise UserError(f"preprocess config: unknown key(s) {', '.join(unknown)}")
 
         input_size = _triple(d, "input_size", int)
-        if input_size[0] != 3 or input_size[1] <= 0 or input_size[2] <= 0:
+        # bounded like --img-size: a recorded size is read back from files someone may have edited
+        if input_size[0] != 3 or not (0 < input_size[1] <= MAX_SIZE and 0 < input_size[2] <= MAX_SIZE):
             raise UserError(
-                f"preprocess config: 'input_size' must be [3, H, W] with H, W > 0, got {d['input_size']!r}"
+                f"preprocess config: 'input_size' must be [3, H, W] with H, W > 0 and at most {MAX_SIZE}, "
+                f"got {d['input_size']!r}"
             )
         mean = _triple(d, "mean", float)
         std = _triple(d, "std", float)

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from levit_edge.io import write_atomic
+from levit_edge.errors import UserError
+from levit_edge.io import write_atomic, write_error
 
 if TYPE_CHECKING:
     from levit_edge.backends.base import Runner
@@ -258,6 +259,27 @@ def _plain_header(text: str) -> str:
     )
 
 
+def _unwritten(name: str, out_dir: Path, what: str) -> UserError:
+    """The one line for an ``.ort`` file ONNX Runtime could not write whole (it writes it from C++, with no
+    errno to report): named as the run's file, as every other write failure is."""
+    return write_error(out_dir / name, OSError(0, f"{what}; is the disk full or a file-size limit set?"))
+
+
+def _require_loadable(path: Path, name: str, out_dir: Path) -> None:
+    """ORT's converter writes the ``.ort`` file itself and may not notice a short write: reload it, so a
+    torn file is a clear error here rather than a deliverable that does not load on the device."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4
+    try:
+        ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception:  # ORT raises its own Fail/InvalidGraph types
+        size = path.stat().st_size
+        raise _unwritten(name, out_dir, f"ONNX Runtime cannot load the {size}-byte file it wrote") from None
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         dst.hardlink_to(src)
@@ -293,17 +315,23 @@ def convert_to_ort(
             folder = work / stem
             folder.mkdir()
             _link_or_copy(source, folder / f"{stem}.onnx")
-            with _quiet():
-                convert_onnx_models_to_ort(
-                    folder / f"{stem}.onnx",
-                    output_dir=folder / "out",
-                    optimization_styles=[OptimizationStyle[OPTIMIZATION_STYLE]],
-                    target_platform=None,
-                    enable_type_reduction=True,
-                )
             produced = folder / "out" / name
+            try:
+                with _quiet():
+                    convert_onnx_models_to_ort(
+                        folder / f"{stem}.onnx",
+                        output_dir=folder / "out",
+                        optimization_styles=[OptimizationStyle[OPTIMIZATION_STYLE]],
+                        target_platform=None,
+                        enable_type_reduction=True,
+                    )
+            except Exception as exc:  # ORT's own Fail type; its C++ writer gives no errno
+                if "Failed to save" not in str(exc):
+                    raise
+                raise _unwritten(name, out_dir, "ONNX Runtime failed to save it") from None
             if not produced.is_file():
                 raise RuntimeError(f"onnxruntime's converter wrote no {name} for {source.name}")
+            _require_loadable(produced, name, out_dir)
             own = parse_config((folder / "out" / f"{stem}.{TYPES_CONFIG}").read_text())
             per_model_ops[name] = {(o.domain, o.opset, o.op) for o in own}
             converted.append((artifact, source, produced, name))

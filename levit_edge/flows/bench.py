@@ -21,7 +21,7 @@ from levit_edge.bench import (
     torch_factories,
 )
 from levit_edge.errors import UserError
-from levit_edge.export.metadata import fixed_batch_of, preprocess_from_onnx
+from levit_edge.export.metadata import fixed_batch_of
 from levit_edge.model.load import ModelSpec
 from levit_edge.report import build
 from levit_edge.report.write import write_reports
@@ -68,17 +68,19 @@ def bench_run(
     is timed at N only (``batches_given``: the user asked for other sizes, which is an error then).
     ``skipped(variant, reason)`` hears of each optional variant this machine cannot time, once the run
     has been checked."""
-    run = FinishedRun.open(run_dir, "save benchmark results into" if save else None, manifest=save)
+    run = FinishedRun.open(
+        run_dir, "save benchmark results into" if save else None, manifest=save, hint="; pass --no-save"
+    )
     fixed = fixed_batch_of(run.fp32)
     if fixed is not None and settings.batches != (fixed,):
         # the model takes exactly that batch: any other size would not run (or time a padded call)
         if batches_given:
             raise UserError(f"{run_dir} was exported with --batch {fixed}: --batches can only be {fixed}")
         settings = replace(settings, batches=(fixed,))
+    factories, input_size = variant_factories(run, variants)  # checks every model against the manifest
     if skipped is not None:
         for name, reason in skipped_variants(variants.torch, variants.compile, variants.openvino).items():
             skipped(name, reason)
-    factories, input_size = variant_factories(run, variants)
     # the load before timing starts (the benchmark's own threads would count once it runs)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     settings = replace(settings, input_size=input_size, load_average=load)
@@ -99,7 +101,7 @@ def variant_factories(
     """Runner factories for every model of the run (and PyTorch eager and ``torch.compile`` when its
     checkpoint is still where the manifest says; OpenVINO on the ONNX files when importable), plus the
     model's input size. levit_edge.bench.skipped_variants says why an optional variant is missing."""
-    preprocess, _, _ = preprocess_from_onnx(run.fp32)
+    preprocess = run.preprocess()  # every model takes the same images
     factories: dict[str, RunnerFactory] = {}
     spec = _recorded_model(run) if variants.torch else None
     if spec is not None:

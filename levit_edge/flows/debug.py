@@ -11,7 +11,6 @@ import onnx
 from levit_edge.data.open_source import open_source
 from levit_edge.data.sources import DataSpec
 from levit_edge.errors import UserError
-from levit_edge.export.metadata import preprocess_from_onnx
 from levit_edge.quant.profiles import PROFILES
 from levit_edge.quant.sensitivity import (
     RANK_IMAGES,
@@ -43,7 +42,7 @@ def debug_run(
     ``sensitivity_info``) as one all-or-nothing rewrite, after checking the run against its manifest."""
     if samples < 0 or rank_images < 1:
         raise UserError("--samples must be >= 0 and --rank-images >= 1")
-    run = FinishedRun.open(run_dir, "save the ranking into" if save else None)
+    run = FinishedRun.open(run_dir, "save the ranking into" if save else None, hint="; pass --no-save")
     artifacts = run.onnx_models(int8_only=True)
     if not artifacts:
         raise UserError(f"{run_dir} has no INT8 ONNX model to analyse (export with --int8)")
@@ -60,7 +59,7 @@ def debug_run(
         root = recorded.get("data_root") if given is None else None
         return DataSpec(path, Path(root) if root else None, size, int(recorded.get("seed") or 0))
 
-    preprocess, _names, _n = preprocess_from_onnx(run.fp32)
+    preprocess = run.preprocess()  # the manifest's, every model agreeing
     val_source = open_source(spec(val, "val", rank_images))
     rank = load_images(val_source.batches(preprocess, 32))
     rank_batches = [rank[i : i + 32] for i in range(0, len(rank), 32)]

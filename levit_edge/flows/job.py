@@ -15,6 +15,7 @@ from levit_edge.data.sources import DataSpec
 from levit_edge.errors import UserError
 from levit_edge.export.onnx import ExportSettings
 from levit_edge.model.load import ModelSpec
+from levit_edge.paths import check_lengths, job_paths
 from levit_edge.pausepoint import pause_point
 from levit_edge.settings import FallbackSettings, GateSettings, QuantSettings, RuntimeSettings, Targets
 from levit_edge.validate.gate import GateResult
@@ -65,6 +66,7 @@ class ExportJob:
     config: Path | None = None  # the --config file the options came from (recorded by name and sha256)
 
     def __post_init__(self) -> None:
+        check_lengths(job_paths(self))  # an over-long path: one line naming its option (ENAMETOOLONG)
         if self.targets.int8 and self.calib is None:
             raise UserError("--int8 needs calibration images: pass --calib DIR|LIST|NPY")
         if self.fallback.enabled:

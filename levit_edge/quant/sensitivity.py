@@ -285,7 +285,13 @@ def activation_sqnr(
 
 def weight_sqnr(fp32_path: Path, qdq_path: Path, nodes: Sequence[str]) -> dict[str, float | None]:
     """``node -> SQNR (dB) of its quantized weight`` from ``create_weight_matching`` (None: no weight)."""
-    errors = compute_weight_error(create_weight_matching(str(fp32_path), str(qdq_path)))
+    # links in tmp: ORT writes shape-inferred copies beside the models, never into the run (read-only)
+    with (
+        tempfile.TemporaryDirectory(prefix="levit-edge-wsqnr-") as tmp,
+        ort_scratch(fp32_path, Path(tmp)) as f_local,
+        ort_scratch(qdq_path, Path(tmp)) as q_local,
+    ):
+        errors = compute_weight_error(create_weight_matching(str(f_local), str(q_local)))
     fp32 = onnx.load(str(fp32_path), load_external_data=False)
     inputs = {n.name: list(n.input[:2]) for n in fp32.graph.node}  # data and weight; biases are exact enough
     return {

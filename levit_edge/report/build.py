@@ -288,6 +288,17 @@ def sections(part: Mapping[str, Any]) -> Report:
     return dict(part)
 
 
+def platforms_section(platform: str, check: Mapping[str, Any]) -> Report:
+    """``platforms.<platform>``: the run's CPU deliverables checked on another CPU (levit_edge.platforms)."""
+    return {"platforms": {platform: dict(check)}}
+
+
+def no_platforms(report: Report) -> Report:
+    """``report`` without ``platforms`` (in place): a validation that did not check them again."""
+    report.pop("platforms", None)
+    return {}
+
+
 def cpu_flags() -> list[str]:
     """The SIMD features that decide INT8 speed (AVX2, AVX-512 VNNI, AMX, NEON dot product)."""
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "asimddp", "i8mm")

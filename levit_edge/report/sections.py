@@ -15,6 +15,7 @@ from levit_edge.report.sections_accuracy import (
     per_class_section,
 )
 from levit_edge.report.sections_deploy import engine_section, firmware_section
+from levit_edge.report.sections_platforms import platforms_section
 from levit_edge.report.sections_quant import fallback_section, quantization_section, sensitivity_section
 from levit_edge.report.sections_run import (
     bench_section,
@@ -32,7 +33,7 @@ KNOWN = {
     "sizes", "thresholds", "stages", "environment", "trtexec", "options", "calibration", "quantization",
     "engine", "validation", "accuracy", "drop", "agreement", "kl", "cosine", "per_class",
     "confusion_changes", "latency", "gate", "bench", "sensitivity", "fallback", "sensitivity_info",
-    "accuracy_budget", "firmware",
+    "accuracy_budget", "firmware", "platforms",
 }  # fmt: skip
 
 
@@ -51,6 +52,7 @@ def build_document(report: Mapping[str, Any], plots: bool = True) -> Document:
         lambda: fallback_section(report, plots),
         lambda: engine_section(report),
         lambda: firmware_section(report),
+        lambda: platforms_section(report),
         lambda: stages_section(report),
         lambda: model_section(report),
         lambda: environment_section(report),
