@@ -6,6 +6,7 @@ TensorRT is imported lazily (levit_edge/backends/trt_*.py): a machine without it
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,7 @@ def build(
     """Build the engine where possible; never raises for TensorRT's own failures (they are the outcome's
     reason, and a half-written plan or timing cache is removed). ``base``: write the trtexec line's paths
     relative to it (a finished run's folder)."""
-    settings = request
-    trtexec = trt_build.trtexec_command(settings, base=base)
+    trtexec = trt_build.trtexec_command(request, base=base)
     if skip:
         reason = "skipped (--no-engine): build it on the target with build-engine or the trtexec line"
         return EngineOutcome(EngineStatus.SKIPPED, reason, trtexec)
@@ -67,11 +67,8 @@ def build(
     if unavailable is not None:
         return EngineOutcome(EngineStatus.UNAVAILABLE, unavailable, trtexec)
     try:
-        if timer is not None:
-            with timer.stage("build-engine"):
-                result = trt_build.build_engine(settings)
-        else:
-            result = trt_build.build_engine(settings)
+        with timer.stage("build-engine") if timer is not None else contextlib.nullcontext():
+            result = trt_build.build_engine(request)
     except (UserError, EngineUnavailable, RuntimeError, OSError) as exc:  # parse, build, load back, write
         for leftover in (request.plan_path, request.timing_cache_path):
             if leftover is not None:

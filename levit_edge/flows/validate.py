@@ -89,11 +89,9 @@ def validate_run(
         build.status(status),
         build.thresholds(gate_settings.max_drop),
         build.stages({"revalidate": timer.seconds["validate"]}, report.get("stages")),
-        # a validation without the check drops an earlier one: its status no longer covers those figures
-        build.platforms_section(checked.platform, checked.to_dict())
-        if checked
-        else build.no_platforms(report),
     )
+    if checked is not None:  # without the check, an earlier one stays dropped (build.VALIDATION_KEYS)
+        build.merge(report, build.platforms_section(checked.platform, checked.to_dict()))
     build.merge(report, build.latency(report))
     run.rewrite(
         lambda folder: write_reports(folder, report),
@@ -103,7 +101,7 @@ def validate_run(
             "class_order_rule": report["validation"]["class_order_rule"],
             **({"platforms": report["platforms"]} if "platforms" in report else {}),
         },
-        remove=() if "platforms" in report else ("platforms",),
+        remove=("platforms",),  # replaced by this validation's check, or dropped without one
     )
     result = RunResult(run_dir, status, report, gate, None)
     if not gate.passed:
